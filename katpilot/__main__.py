@@ -1,0 +1,5 @@
+"""`python -m katpilot` runs the CLI."""
+
+from katpilot.cli import main
+
+main()

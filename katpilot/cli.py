@@ -1,0 +1,229 @@
+"""The `katpilot` command: a thin typer layer over the library (one typed function per command).
+
+Errors the user can fix (`KatpilotError`) become one line on stderr and exit code 2; anything else
+one line and exit code 1 (KATPILOT_DEBUG=1 shows the traceback). Never a traceback by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from katpilot import config as config_mod
+from katpilot.errors import KatpilotError
+from katpilot.gate import KAT_TAGS
+
+if TYPE_CHECKING:
+    from katpilot.session import Response
+
+app = typer.Typer(
+    name="katpilot",
+    help="A local-first coding assistant around AutoThink models (think only when it pays).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List models, or show what is inside a GGUF file.", invoke_without_command=True)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+# Options shared by commands that run a model; None means "not given" (config and env decide).
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path or a [models] alias.")]
+ProfileOpt = Annotated[Optional[str], typer.Option(help="Format family: auto, kat, think or plain.")]
+ThinkOpt = Annotated[Optional[str], typer.Option("--think", help="auto (the model judges), on or off.")]
+BudgetOpt = Annotated[Optional[int], typer.Option("--budget", help="Close the think block after N tokens.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="think=auto: think when p(on) >= P.")]
+
+
+def _flags(**values: object) -> dict[str, object]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _read_stdin() -> str:
+    """Text piped in (`cat file.py | katpilot ask ...`); empty when stdin is a terminal."""
+    stream = sys.stdin
+    if stream is None or stream.closed or stream.isatty():
+        return ""
+    try:
+        return stream.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _with_context(question: str, context: str) -> str:
+    if not context.strip():
+        return question
+    return f"{question}\n\n```\n{context.rstrip()}\n```"
+
+
+def _status_line(response: Response) -> str:
+    stats = response.stats
+    p_on = f", p(on)={response.p_on:.3f}" if response.p_on is not None else ""
+    parts = [
+        f"think {response.mode} ({response.decided_by}{p_on})",
+        f"{stats.completion_tokens} tokens (judge {stats.judge_tokens}, think {stats.think_tokens}, answer {stats.answer_tokens})",
+        f"{stats.tokens_per_s:.0f} tok/s",
+    ]
+    if stats.finish_reason not in ("stop",):
+        parts.append(f"stopped: {stats.finish_reason}")
+    return "[" + " · ".join(parts) + "]"
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question; text piped on stdin is added as context.")],
+    think: ThinkOpt = None,
+    budget: BudgetOpt = None,
+    threshold: ThresholdOpt = None,
+    show_thinking: Annotated[bool, typer.Option("--show-thinking", help="Stream judge and thinking to stderr.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
+    model: ModelOpt = None,
+    profile: ProfileOpt = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[Optional[float], typer.Option()] = None,
+    top_k: Annotated[Optional[int], typer.Option()] = None,
+    min_p: Annotated[Optional[float], typer.Option()] = None,
+    repeat_penalty: Annotated[Optional[float], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    max_tokens: Annotated[Optional[int], typer.Option()] = None,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
+    n_threads: Annotated[Optional[int], typer.Option()] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+) -> None:
+    """Ask one question; the answer goes to stdout, thinking (if shown) to stderr."""
+    from katpilot.gate import Decision, Segment, Text
+    from katpilot.models import load_engine, new_session, think_controls
+    from katpilot.session import Finished, Notice
+
+    resolved = config_mod.load_settings(
+        _flags(
+            model=model, profile=profile, think=think, budget=budget, threshold=threshold,
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+            seed=seed, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads, system_prompt=system,
+        )
+    )
+    settings = resolved.settings
+    controls = think_controls(settings)
+    prompt = _with_context(question, _read_stdin())
+    engine = load_engine(settings)
+    session = new_session(engine, settings)
+    out, err = sys.stdout, sys.stderr
+    response = None
+    current = None
+    for event in session.send(prompt, controls):
+        if isinstance(event, Finished):
+            response = event.response
+        elif as_json:
+            continue
+        elif isinstance(event, Text) and event.segment is Segment.ANSWER:
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, Text) and show_thinking and event.segment in (Segment.JUDGE, Segment.THINK):
+            if current is not event.segment:
+                err.write(f"\n[{event.segment.value}] ")
+                current = event.segment
+            err.write(event.text)
+            err.flush()
+        elif isinstance(event, Decision) and show_thinking:
+            err.write(f"\n[decision: think {event.mode} by {event.decided_by}]\n")
+            current = None
+        elif isinstance(event, Notice):
+            err.write(f"\nkatpilot: {event.text}\n")
+    assert response is not None
+    if as_json:
+        out.write(json.dumps(response.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        out.write("\n")
+        err.write(_status_line(response) + "\n")
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context) -> None:
+    """List known models: the embedded default and the config's [models] aliases."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from katpilot.models import known_models, resolve_model
+
+    settings = config_mod.load_settings().settings
+    default = resolve_model(settings.model, settings)
+    for known in known_models(settings):
+        exists = known.path.is_file()
+        size = f"{known.path.stat().st_size / 2**20:.0f} MiB" if exists else "missing"
+        mark = "*" if known.path == default else " "
+        typer.echo(f"{mark} {known.name:<20} {size:>9}  {known.source:<8}  {known.path}")
+
+
+@models_app.command("info")
+def models_info(
+    path: Annotated[Path, typer.Argument(help="A GGUF file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a GGUF's metadata: architecture, size, quantization, template, profile, tags, MTP heads."""
+    from katpilot.gguf_file import read_gguf
+    from katpilot.profiles import detect_profile
+
+    summary = read_gguf(path)
+    template = summary.chat_template
+    info = {
+        "path": str(summary.path),
+        "name": summary.name,
+        "architecture": summary.architecture,
+        "parameters": summary.parameter_count,
+        "quantization": summary.file_type,
+        "file_size": summary.file_size,
+        "context_length": summary.context_length,
+        "profile": detect_profile(template, summary.tags_in_vocab).name,
+        "autothink_tags": sorted(summary.tags_in_vocab | {t for t in KAT_TAGS if template and t in template}),
+        "mtp_heads": summary.mtp_heads,
+        "chat_template": template,
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if key == "chat_template":
+            continue
+        if key == "parameters":
+            value = f"{value / 1e6:.1f}M"
+        elif key == "file_size":
+            value = f"{value / 2**20:.1f} MiB"
+        elif key == "autothink_tags":
+            value = " ".join(value) or "none"
+        typer.echo(f"{key:<16} {value}")
+    typer.echo("chat_template:" if template else "chat_template    none")
+    if template:
+        typer.echo("  " + template.replace("\n", "\n  "))
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print every setting, its effective value and where it came from."""
+    typer.echo(config_mod.render_show(config_mod.load_settings()))
+
+
+def main() -> None:
+    """Console entry point: run the app and turn errors into one line."""
+    try:
+        app()
+    except KatpilotError as exc:
+        _fail(f"katpilot: error: {exc.one_line()}", exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("katpilot: interrupted", 130)
+    except BrokenPipeError:
+        os._exit(0)  # the reader went away (`katpilot ask ... | head`): nothing left to say
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("KATPILOT_DEBUG"):
+            raise
+        _fail(f"katpilot: internal error: {type(exc).__name__}: {exc} (set KATPILOT_DEBUG=1 for details)", 1)
+
+
+def _fail(line: str, code: int) -> None:
+    sys.stdout.flush()
+    print(" ".join(line.split()), file=sys.stderr)
+    raise SystemExit(code)

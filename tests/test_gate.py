@@ -1,0 +1,131 @@
+"""The mode gate: exact parses of well-formed and malformed streams, and chunking independence."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from katpilot import gate
+from katpilot.gate import Decision, End, ModeGate, Segment, Text, merge_texts, parse
+
+
+def texts(events: list[gate.Event], segment: Segment) -> str:
+    return "".join(e.text for e in events if isinstance(e, Text) and e.segment is segment)
+
+
+def decisions(events: list[gate.Event]) -> list[Decision]:
+    return [e for e in events if isinstance(e, Decision)]
+
+
+def test_kat_think_on_response() -> None:
+    events = parse(
+        "<judge>\nneeds care\n</judge>\n<think_on>\n<think>\nstep 1\n</think>\n<answer>\n42\n</answer>"
+    )
+    assert texts(events, Segment.JUDGE) == "\nneeds care\n"
+    assert texts(events, Segment.THINK) == "\nstep 1\n"
+    assert texts(events, Segment.ANSWER) == "\n42\n"
+    assert decisions(events) == [Decision("on", "model")]
+    assert isinstance(events[-1], End)
+
+
+def test_kat_think_off_response() -> None:
+    events = parse("<judge> easy </judge> <think_off> <answer> 4 </answer>")
+    assert decisions(events) == [Decision("off", "model")]
+    assert texts(events, Segment.THINK) == ""
+    assert texts(events, Segment.ANSWER) == " 4 "
+    assert texts(events, Segment.GAP) == "  "
+
+
+def test_think_family_response_and_empty_think_block() -> None:
+    events = parse("<think>\nhmm\n</think>\n\nThe answer.", gate.THINK_TAGS)
+    assert decisions(events) == [Decision("on", "model")]
+    assert texts(events, Segment.THINK) == "\nhmm\n"
+    assert texts(events, Segment.ANSWER) == "\n\nThe answer."
+    empty = parse("<think>\n\n</think>\n\nDirect.", gate.THINK_TAGS)
+    assert decisions(empty) == [Decision("off", "model")]
+    assert texts(empty, Segment.THINK) == ""
+    assert texts(empty, Segment.ANSWER) == "\n\nDirect."
+
+
+def test_plain_text_is_answer_and_unknown_tags_are_text() -> None:
+    events = parse("use <div> and <thinking> here")
+    assert texts(events, Segment.ANSWER) == "use <div> and <thinking> here"
+    assert decisions(events) == [Decision("off", "model")]
+
+
+def test_malformed_streams_keep_every_character() -> None:
+    # unclosed judge, repeated decision, text after </answer>, tags out of order
+    events = parse("<judge>why<think_off><think_on><answer>a</answer>tail</think><judge>j")
+    assert decisions(events) == [Decision("off", "model")]
+    assert texts(events, Segment.JUDGE) == "whyj"
+    assert texts(events, Segment.ANSWER) == "atail"
+
+
+def test_unclosed_tags_at_end_of_stream() -> None:
+    events = parse("<judge>x</judge><think_on><think>still thinking <thi")
+    assert texts(events, Segment.THINK) == "still thinking <thi"
+    assert decisions(events) == [Decision("on", "model")]
+
+
+def test_decide_from_outside_wins_over_later_tags() -> None:
+    g = ModeGate()
+    events = g.decide("off", "user") + g.feed("<think_on><think>x</think>") + g.close()
+    assert decisions(events) == [Decision("off", "user")]
+    assert texts(events, Segment.THINK) == "x"
+
+
+def test_decision_point_and_answer_closed_flags() -> None:
+    g = ModeGate()
+    g.feed("<judge>a</jud")
+    assert not g.awaiting_decision
+    g.feed("ge>\n")
+    assert g.awaiting_decision
+    g.decide("on", "model", 0.7)
+    assert not g.awaiting_decision
+    g.feed("<think>t</think><answer>x</answer>")
+    assert g.answer_closed
+
+
+# -- property: chunking never changes the parse --------------------------------------------------
+
+TAG_LIST = sorted(gate.KAT_TAGS)
+pieces = st.one_of(
+    st.sampled_from(TAG_LIST),
+    st.sampled_from(["<", ">", "</", "<think", "<think_o", "</answer", "<judge ", " ", "\n", "\n\n"]),
+    st.text(alphabet="ab <>/\n_onthik", max_size=12),
+)
+
+
+def strip_tags(text: str) -> str:
+    return re.sub("|".join(map(re.escape, TAG_LIST)), "", text)
+
+
+def chunked_parse(text: str, cuts: list[int]) -> list[gate.Event]:
+    g = ModeGate()
+    events: list[gate.Event] = []
+    start = 0
+    for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
+        events += g.feed(text[start:cut])
+        start = cut
+    return events + g.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(pieces, max_size=30), st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
+def test_chunking_does_not_change_events(parts: list[str], cuts: list[int]) -> None:
+    text = "".join(parts)
+    whole = merge_texts(parse(text))
+    chunked = merge_texts(chunked_parse(text, cuts))
+    assert chunked == whole
+    assert "".join(e.text for e in whole if isinstance(e, Text)) == strip_tags(text)
+    assert len(decisions(whole)) == 1
+    assert isinstance(whole[-1], End)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pieces, max_size=30))
+def test_character_by_character_equals_whole(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert merge_texts(chunked_parse(text, list(range(len(text))))) == merge_texts(parse(text))

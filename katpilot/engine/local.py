@@ -63,6 +63,10 @@ class LocalEngine(Engine):
         # The token ids and text of the last prompt + generation, to continue it without re-tokenizing.
         self._history_bytes = b""
         self._history_tokens: list[int] = []
+        # Leading KV-cache tokens that were evaluated in batches of two or more. llama.cpp's logits
+        # differ slightly between one-token and batched evaluation, so p(on) is computed only over
+        # batched state: the same text then gives the same value whatever the cache held before.
+        self._batched_upto = 0
         self.info = ModelInfo(
             name=summary.name or path.stem,
             path=str(path),
@@ -121,7 +125,13 @@ class LocalEngine(Engine):
                     "shorten the input or raise n_ctx (--n-ctx, config key n_ctx)",
                 )
             stats.prompt_tokens = len(tokens)
-            stats.reused_tokens = self._cached_prefix(tokens)
+            # Leave at least two prompt tokens to evaluate: Llama.generate evaluates the uncached
+            # rest in one batch, and a one-token batch would give slightly different logits, so
+            # the same prompt would not always give the same greedy answer.
+            reused = min(self._cached_prefix(tokens), self._batched_upto, max(0, len(tokens) - 2))
+            self.llm.n_tokens = reused
+            stats.reused_tokens = reused
+            self._batched_upto = len(tokens)
             self.llm.set_seed(RANDOM_SEED if params.seed is None else params.seed)
             generated: list[int] = []
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -188,37 +198,48 @@ class LocalEngine(Engine):
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def _eval_to(self, tokens: list[int]) -> None:
-        """Make the KV cache hold exactly `tokens`, evaluating only what is not cached yet."""
-        keep = min(self._cached_prefix(tokens), len(tokens) - 1)  # re-evaluate >= 1 for fresh logits
-        self.llm.n_tokens = keep
-        self.llm.eval(tokens[keep:])
-
-    def _next_logprobs(self) -> np.ndarray:
-        """Log-softmax of the logits after the last evaluated token."""
-        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+    def _log_softmax_at(self, index: int) -> np.ndarray:
+        """Log-probabilities of the next token at row `index` of the last decoded batch."""
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, index)
         logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
         top = logits.max()
         return logits - top - np.log(np.exp(logits - top).sum())
 
+    def _decode_batch(self, tokens: list[int]) -> None:
+        """Evaluate `tokens` after the cached ones as one batch, keeping logits for every row."""
+        llm = self.llm
+        n_past = llm.n_tokens
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past : n_past + len(tokens)] = tokens
+        llm.n_tokens = n_past + len(tokens)
+
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float]:
         with self._lock:
             base = self._prompt_tokens(prompt)
-            results: list[float] = []
-            for continuation in continuations:
-                cont = self._tokenize(continuation.encode("utf-8"), add_bos=False)
-                if len(base) + len(cont) > self.info.n_ctx:
-                    raise EngineError(
-                        "no room left in the context window to score the think decision",
-                        "raise n_ctx or shorten the input",
-                    )
-                self._eval_to(base)
-                total = 0.0
-                for i, token in enumerate(cont):
-                    total += float(self._next_logprobs()[token])
-                    if i + 1 < len(cont):
-                        self.llm.eval([token])
-                results.append(total)
+            conts = [self._tokenize(c.encode("utf-8"), add_bos=False) for c in continuations]
+            longest = max(len(c) for c in conts)
+            if len(base) + longest > self.info.n_ctx:
+                raise EngineError(
+                    "no room left in the context window to score the think decision",
+                    "raise n_ctx or shorten the input",
+                )
+            # Re-evaluate everything after the batched prefix, always >= 2 tokens per batch.
+            keep = max(0, min(self._cached_prefix(base), self._batched_upto, len(base) - 2))
+            if len(base) - keep > self.llm.n_batch:  # too long for one batch: evaluate the bulk first
+                bulk_end = len(base) - 2
+                self.llm.n_tokens = keep
+                self.llm.eval(base[keep:bulk_end])
+                keep = bulk_end
+            results = []
+            for cont in conts:
+                self.llm.n_tokens = keep
+                region = base[keep:] + cont[:-1]
+                self._decode_batch(region)
+                first_row = len(base) - keep - 1  # the row whose logits predict cont[0]
+                results.append(sum(float(self._log_softmax_at(first_row + i)[t]) for i, t in enumerate(cont)))
+            self._batched_upto = len(base)
             return results
 
     def close(self) -> None:

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real embedded model, one llama.cpp engine per test run, a private home."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from katpilot.models import embedded_model_path
+
+
+@pytest.fixture(autouse=True)
+def katpilot_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own config/data/cache directories: the real user's are never touched."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("KATPILOT_HOME", str(home))
+    for name in ("MODEL", "THINK", "PROFILE", "N_CTX", "SEED", "TEMPERATURE"):
+        monkeypatch.delenv(f"KATPILOT_{name}", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def engine(model_path: Path) -> Iterator["LocalEngine"]:  # noqa: F821
+    from katpilot.engine.local import LocalEngine
+
+    eng = LocalEngine(model_path, n_ctx=2048, n_threads=2)
+    yield eng
+    eng.close()

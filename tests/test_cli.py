@@ -1,0 +1,133 @@
+"""The `katpilot` command as a user runs it: real subprocesses on the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KATPILOT = [sys.executable, "-m", "katpilot"]
+
+
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KATPILOT, *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_ask_json_think_off() -> None:
+    result = run("ask", "--json", "--think", "off", "What is 2+2?")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["answer"].strip()
+    assert data["mode"] == "off" and data["decided_by"] == "user"
+    assert set(data) >= {"answer", "think", "judge", "mode", "decided_by", "p_on", "stats"}
+    assert data["stats"]["completion_tokens"] > 0
+
+
+def test_ask_streams_answer_to_stdout_and_thinking_to_stderr() -> None:
+    result = run("ask", "--think", "on", "--show-thinking", "--temperature", "0", "--max-tokens", "30", "--budget", "10", "Why is the sky blue?")
+    assert result.returncode == 0, result.stderr
+    assert "[think]" in result.stderr and "think on (user)" in result.stderr
+    assert "[think]" not in result.stdout and "<think>" not in result.stdout
+
+
+def test_stdin_is_added_as_context() -> None:
+    bare = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain").stdout)
+    piped = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain", stdin="def add(a, b):\n    return a + b\n").stdout)
+    assert piped["stats"]["prompt_tokens"] > bare["stats"]["prompt_tokens"] + 10
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"", "not a GGUF"),
+        (b"hello, I am a text file\n" * 10, "not a GGUF"),
+        (b"GGUF\x03\x00\x00\x00", "truncated"),
+    ],
+)
+def test_bad_model_files_give_one_line_and_exit_2(tmp_path: Path, content: bytes, needle: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    assert_one_line_error(run("ask", "--model", str(bad), "hi"), str(bad))
+
+
+def test_truncated_real_model_is_refused(tmp_path: Path, model_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with open(model_path, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(model_path.stat().st_size // 2))
+    result = run("ask", "--model", str(cut), "hi")
+    assert_one_line_error(result, str(cut), "truncated")
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("ask", "--model", str(tmp_path / "nope.gguf"), "hi"), "nope.gguf")
+
+
+def test_bad_config_names_file_and_key(katpilot_home: Path) -> None:
+    config = katpilot_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('think = "sometimes"\n')
+    assert_one_line_error(run("ask", "hi"), str(config), "think")
+    config.write_text("n_ctx = [\n")
+    assert_one_line_error(run("config", "show"), str(config))
+
+
+def test_config_show_reports_sources(katpilot_home: Path) -> None:
+    config = katpilot_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("n_ctx = 2048\n")
+    result = run("config", "show", env={"KATPILOT_THINK": "off"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "config file" in lines["n_ctx"] and "2048" in lines["n_ctx"]
+    assert "env KATPILOT_THINK" in lines["think"]
+    assert "default" in lines["temperature"]
+
+
+def test_models_list_and_info(model_path: Path) -> None:
+    listing = run("models")
+    assert listing.returncode == 0 and "smollm2-135m" in listing.stdout and "embedded" in listing.stdout
+    info = run("models", "info", str(model_path), "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["architecture"] == "llama" and data["quantization"] == "Q4_1"
+    assert data["profile"] == "plain" and data["mtp_heads"] == 0 and data["context_length"] == 8192
+    assert 130e6 < data["parameters"] < 140e6
+    text = run("models", "info", str(model_path))
+    assert "architecture     llama" in text.stdout and "<|im_start|>" in text.stdout
+
+
+def test_models_alias_from_config(katpilot_home: Path, model_path: Path, tmp_path: Path) -> None:
+    alias_target = tmp_path / "copy.gguf"
+    shutil.copy(model_path, alias_target)
+    config = katpilot_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[models]\nsmall = "{alias_target}"\n')
+    assert "small" in run("models").stdout
+    result = run("ask", "--model", "small", "--json", "--think", "off", "--max-tokens", "5", "hi")
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_torch_on_the_serving_path() -> None:
+    code = "import sys, katpilot.cli, katpilot.session, katpilot.engine.local; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,0 +1,95 @@
+"""The local llama.cpp engine on the real embedded model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from katpilot.chat_template import Message, render
+from katpilot.engine.base import SamplingParams, StreamStats
+from katpilot.engine.local import LocalEngine
+from katpilot.errors import ContextOverflowError
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
+
+
+def prompt_for(engine: LocalEngine, question: str) -> str:
+    info = engine.info
+    return render(info.chat_template, [Message("user", question)], info.bos_token, info.eos_token)
+
+
+def test_model_info_comes_from_the_gguf(engine: LocalEngine) -> None:
+    assert engine.info.architecture == "llama"
+    assert "<|im_start|>" in engine.info.chat_template
+    assert engine.info.eos_token == "<|im_end|>"
+    assert engine.info.n_ctx == 2048
+
+
+def test_greedy_generation_is_deterministic_and_stops_on_eos(engine: LocalEngine) -> None:
+    prompt = prompt_for(engine, "What is 2+2?")
+    stats_a, stats_b = StreamStats(), StreamStats()
+    a = "".join(engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=200), stats=stats_a))
+    b = "".join(engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=200), stats=stats_b))
+    assert a == b and "4" in a
+    assert stats_a.finish_reason == "stop"
+    assert "<|im_end|>" not in a
+    assert stats_b.reused_tokens == stats_b.prompt_tokens - 2  # served from the KV cache but two tokens
+
+
+def test_seeded_sampling_repeats(engine: LocalEngine) -> None:
+    prompt = prompt_for(engine, "Name a fruit.")
+    params = SamplingParams(temperature=1.0, seed=1234, max_tokens=20)
+    assert "".join(engine.stream(prompt, params)) == "".join(engine.stream(prompt, params))
+
+
+def test_max_tokens_stops_with_length(engine: LocalEngine) -> None:
+    stats = StreamStats()
+    pieces = list(engine.stream(prompt_for(engine, "Write a long essay on rivers."), SamplingParams(temperature=0.0, max_tokens=7), stats=stats))
+    assert stats.generated_tokens == 7 and stats.finish_reason == "length"
+    assert len(pieces) <= 7
+
+
+def test_cancel_from_another_thread_stops_within_one_token(engine: LocalEngine) -> None:
+    cancel = threading.Event()
+    seen_five = threading.Event()
+    pieces: list[str] = []
+    stats = StreamStats()
+    counted_at_cancel: list[int] = []
+
+    def consume() -> None:
+        for piece in engine.stream(prompt_for(engine, "Write a long story about a dragon."), SamplingParams(temperature=0.0, max_tokens=500), cancel, stats):
+            pieces.append(piece)
+            if len(pieces) == 5:
+                seen_five.set()
+                cancel.wait(5)  # hold here until the other thread has cancelled
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert seen_five.wait(30)
+    counted_at_cancel.append(stats.generated_tokens)
+    cancel.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert stats.finish_reason == "cancelled"
+    assert stats.generated_tokens <= counted_at_cancel[0] + 1
+    assert len(pieces) >= 5  # what was produced is kept
+
+
+def test_prompt_longer_than_context_is_a_clear_error(model_path) -> None:
+    small = LocalEngine(model_path, n_ctx=256, n_threads=2)
+    try:
+        with pytest.raises(ContextOverflowError) as info:
+            list(small.stream("word " * 400, GREEDY))
+        assert "context window is 256" in info.value.one_line()
+    finally:
+        small.close()
+
+
+def test_continuation_logprobs_are_log_probabilities(engine: LocalEngine) -> None:
+    prompt = prompt_for(engine, "Say yes.")
+    first = engine.continuation_logprobs(prompt, ["Yes", "No", "\n<think_on>"])
+    again = engine.continuation_logprobs(prompt, ["Yes", "No", "\n<think_on>"])
+    assert first == again
+    assert all(lp < 0 for lp in first)
+    assert first[0] > first[2]  # a plain word beats a made-up tag

@@ -25,6 +25,7 @@ Rules, in one place:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -91,6 +92,7 @@ class ModeGate:
         self.tags = tags
         self._prefixes = {tag[:i] for tag in tags for i in range(1, len(tag))}
         self._max_tag = max((len(tag) for tag in tags), default=0)
+        self._tag_re = re.compile("|".join(re.escape(tag) for tag in sorted(tags)))
         self.segment: Segment | None = None  # None: outside any block
         self.mode: Mode | None = None
         self.decided_by: Origin | None = None
@@ -131,24 +133,22 @@ class ModeGate:
         out: list[Event] = []
         text = self._held + text
         self._held = ""
-        pos, n = 0, len(text)
-        while pos < n:
-            lt = text.find("<", pos) if self.tags else -1
-            if lt < 0:
-                self._emit_text(text[pos:], out)
-                break
-            if lt > pos:
-                self._emit_text(text[pos:lt], out)
-            gt = text.find(">", lt + 1, lt + self._max_tag)
-            if gt >= 0 and text[lt : gt + 1] in self.tags:
-                self._apply_tag(text[lt : gt + 1], out)
-                pos = gt + 1
-            elif gt < 0 and text[lt:] in self._prefixes:
-                self._held = text[lt:]
-                break
-            else:
-                self._emit_text("<", out)
-                pos = lt + 1
+        end = len(text)
+        if self.tags:
+            # Hold back an incomplete tag at the very end; it may complete in the next chunk.
+            lt = text.rfind("<", max(0, end - self._max_tag + 1))
+            if lt >= 0 and text[lt:] in self._prefixes:
+                self._held, end = text[lt:], lt
+            pos = 0
+            for match in self._tag_re.finditer(text, 0, end):
+                if match.start() > pos:
+                    self._emit_text(text[pos : match.start()], out)
+                self._apply_tag(match.group(), out)
+                pos = match.end()
+            if pos < end:
+                self._emit_text(text[pos:end], out)
+        elif text:
+            self._emit_text(text, out)
         return out
 
     def close(self) -> list[Event]:

@@ -46,14 +46,19 @@ def _flags(**values: object) -> dict[str, object]:
 
 
 def _read_stdin() -> str:
-    """Text piped in (`cat file.py | katpilot ask ...`); empty when stdin is a terminal."""
+    """Text piped in (`cat file.py | katpilot ask ...`); empty when stdin is a terminal.
+
+    Read as bytes and decoded as UTF-8 with replacement, so a Latin-1 file or a binary still
+    reaches the model (with U+FFFD where bytes were not text) rather than failing or vanishing.
+    """
     stream = sys.stdin
     if stream is None or stream.closed or stream.isatty():
         return ""
-    try:
-        return stream.read()
-    except (OSError, UnicodeDecodeError):
-        return ""
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode("utf-8", "replace")
+    text = data.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
+        print("katpilot: stdin is not valid UTF-8: undecodable bytes were replaced", file=sys.stderr)
+    return text
 
 
 def _with_context(question: str, context: str) -> str:

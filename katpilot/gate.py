@@ -126,6 +126,11 @@ class ModeGate:
             out.append(Decision(mode, decided_by, p_on))
         return out
 
+    def discard_held(self) -> str:
+        """Drop and return an incomplete tag held at the end (the session replaces it with its own)."""
+        held, self._held = self._held, ""
+        return held
+
     def feed(self, text: str) -> list[Event]:
         """Parse the next chunk of text."""
         if self._closed:

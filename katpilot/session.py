@@ -91,10 +91,6 @@ class Response:
     stats: ResponseStats
     notices: list[str] = field(default_factory=list)
 
-    @property
-    def cancelled(self) -> bool:
-        return self.stats.finish_reason == "cancelled"
-
     def to_dict(self) -> dict[str, object]:
         """The `--json` shape: answer, think, judge, mode, decided_by, p_on, stats, and context."""
         return asdict(self)
@@ -246,6 +242,7 @@ class _Run:
         self.p_on: float | None = None
         self.text = ""  # prompt + everything after it so far
         self.closed_think = False  # the session closed the think block once already
+        self.decision_tried = False  # the KAT decision point was handled (scored or not)
         self.response: Response
 
     # events ----------------------------------------------------------------------------------
@@ -277,9 +274,13 @@ class _Run:
 
     # decision point ----------------------------------------------------------------------------
 
+    def _separator(self) -> str:
+        """What goes between the judge and the decision tag: a newline unless one is there."""
+        return "" if self.text[-1:].isspace() else "\n"
+
     def _score_kat(self) -> float | None:
         """p(<think_on>) against p(<think_off>) right after the judge, over each tag's tokens."""
-        sep = "" if self.text[-1:].isspace() else "\n"
+        sep = self._separator()
         p = self.profile
         scores = self.engine.continuation_logprobs(self.text, [sep + p.on_continuation, *(sep + c for c in p.off_continuations)])
         if scores is None:
@@ -295,6 +296,10 @@ class _Run:
         return min(1.0, max(0.0, 1.0 - sum(math.exp(s) for s in scores)))
 
     def _kat_decision(self) -> Iterator[SessionEvent]:
+        self.decision_tried = True
+        held = self.gate.discard_held()  # the start of a tag the model was writing ("<", "<think")
+        if held:
+            self.text = self.text[: -len(held)]
         p_on = self._score_kat()
         self.p_on = p_on
         if p_on is None:
@@ -302,8 +307,7 @@ class _Run:
             return  # let the model write its own decision tag
         mode = "on" if p_on >= self.controls.threshold else "off"
         yield from self._decide(mode, "model", p_on)
-        sep = "" if self.text[-1:].isspace() else "\n"
-        yield from self._inject(sep + self.profile.prefill(mode))  # type: ignore[arg-type]
+        yield from self._inject(self._separator() + self.profile.prefill(mode))  # type: ignore[arg-type]
 
     def _think_decision(self) -> Iterator[SessionEvent]:
         p_on = self._score_think()
@@ -345,6 +349,7 @@ class _Run:
             engine_stats = StreamStats()
             params = replace(self.sampling, max_tokens=left)
             action = None
+            counted = 0  # tokens of this stream already attributed to a segment
             stream = self.engine.stream(self.text, params, self.cancel, engine_stats)
             try:
                 for piece in stream:
@@ -355,13 +360,16 @@ class _Run:
                     last_piece_at = now
                     self.text += piece
                     events = self.gate.feed(piece)
-                    self._count(events)
+                    self._count(events, engine_stats.generated_tokens - counted)
+                    counted = engine_stats.generated_tokens
                     yield from self._emit(events)
                     action = self._action()
                     if action:
                         break
             finally:
                 stream.close()  # type: ignore[attr-defined]
+            if engine_stats.generated_tokens > counted:  # tokens that yielded no text (a cut character)
+                self._count([], engine_stats.generated_tokens - counted)
             if self.stats.prompt_tokens == 0:
                 self.stats.prompt_tokens = engine_stats.prompt_tokens
                 self.stats.reused_prompt_tokens = engine_stats.reused_tokens
@@ -392,9 +400,9 @@ class _Run:
             self.stats.tokens_per_s = (self.stats.completion_tokens - 1) / (last_piece_at - first_piece_at)
         self.stats.finish_reason = finish
 
-    def _count(self, events: list[gate.Event]) -> None:
-        """Attribute one generated token to the segment its text went to (tags: where they lead)."""
-        self.stats.completion_tokens += 1
+    def _count(self, events: list[gate.Event], n_tokens: int) -> None:
+        """Attribute the tokens of one piece to the segment its text went to (tags: where they lead)."""
+        self.stats.completion_tokens += n_tokens
         segment = next(
             (e.segment for e in reversed(events) if isinstance(e, Text) and e.segment is not Segment.GAP),
             self.gate.segment,
@@ -402,7 +410,7 @@ class _Run:
         name = {Segment.JUDGE: "judge_tokens", Segment.THINK: "think_tokens", Segment.ANSWER: "answer_tokens"}.get(
             segment, "other_tokens"  # type: ignore[arg-type]
         )
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+        setattr(self.stats, name, getattr(self.stats, name) + n_tokens)
 
     def _action(self) -> str | None:
         """What the session must do before the model goes on, if anything."""
@@ -410,7 +418,7 @@ class _Run:
         if profile.stop_after_answer and g.answer_closed:
             return "answer_done"
         if controls.think == "auto" and profile.decision == "kat" and g.mode is None:
-            if g.awaiting_decision:
+            if g.awaiting_decision and not self.decision_tried:
                 return "decide"
             if self._judge_pending() and self.stats.judge_tokens >= JUDGE_MAX_TOKENS:
                 return "close_judge"

@@ -128,6 +128,30 @@ def test_models_alias_from_config(katpilot_home: Path, model_path: Path, tmp_pat
     assert result.returncode == 0, result.stderr
 
 
-def test_no_torch_on_the_serving_path() -> None:
-    code = "import sys, katpilot.cli, katpilot.session, katpilot.engine.local; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+def test_non_utf8_stdin_still_reaches_the_model() -> None:
+    result = subprocess.run(
+        [*KATPILOT, "ask", "--json", "--think", "off", "--max-tokens", "3", "explain"],
+        input=b"caf\xe9 = 1\n" * 20,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"not valid UTF-8" in result.stderr
+    assert json.loads(result.stdout)["stats"]["prompt_tokens"] > 60
+
+
+def test_serving_path_loads_no_training_stack(model_path: Path) -> None:
+    """Run a real `ask` in-process and check that nothing heavy was imported on the way."""
+    code = (
+        "import sys\n"
+        "from katpilot.cli import app\n"
+        "try:\n"
+        f"    app(['ask', '--think', 'off', '--max-tokens', '3', '--model', {str(model_path)!r}, 'hi'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'llama_cpp' in sys.modules, 'the ask did not run'\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

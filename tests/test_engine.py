@@ -93,3 +93,42 @@ def test_continuation_logprobs_are_log_probabilities(engine: LocalEngine) -> Non
     assert first == again
     assert all(lp < 0 for lp in first)
     assert first[0] > first[2]  # a plain word beats a made-up tag
+
+
+def test_scoring_a_prompt_near_the_batch_size(engine: LocalEngine, model_path) -> None:
+    """A prompt just under n_batch plus a multi-token continuation must not overrun the batch."""
+    n_batch = engine.llm.n_batch
+    prompts = {engine.count_tokens(prompt_for(engine, "word " * w)): prompt_for(engine, "word " * w) for w in range(n_batch - 50, n_batch)}
+    for size in (n_batch - 2, n_batch - 1, n_batch):
+        fresh = LocalEngine(model_path, n_ctx=2048, n_threads=2)  # empty cache: the whole prompt is one batch
+        try:
+            scores = fresh.continuation_logprobs(prompts[size], ["</think>", "\n</think>"])
+            assert all(s < 0 for s in scores)
+            assert scores == engine.continuation_logprobs(prompts[size], ["</think>", "\n</think>"])
+        finally:
+            fresh.close()
+
+
+def test_tokens_are_counted_not_pieces(engine: LocalEngine) -> None:
+    from katpilot.profiles import PLAIN
+    from katpilot.session import ChatSession, ThinkControls
+
+    chat = ChatSession(engine, PLAIN, None, SamplingParams(temperature=0.0, max_tokens=40))
+    response = chat.ask("Write 'hello' in Chinese, Japanese and Korean script, then ten emoji.", ThinkControls(think="off"))
+    assert response.stats.completion_tokens <= 40
+    if response.stats.finish_reason == "length":
+        assert response.stats.completion_tokens == 40
+    assert "\ufffd" not in response.answer
+
+
+def test_nested_call_from_the_same_thread_is_an_error_not_a_hang(engine: LocalEngine) -> None:
+    from katpilot.errors import EngineError
+
+    stream = engine.stream(prompt_for(engine, "Count to ten."), GREEDY)
+    next(stream)
+    try:
+        with pytest.raises(EngineError, match="still busy"):
+            engine.count_tokens("x") and engine.continuation_logprobs("x", ["y"])
+    finally:
+        stream.close()
+    assert engine.continuation_logprobs(prompt_for(engine, "hi"), ["Hello"])  # free again

@@ -129,3 +129,52 @@ def test_chunking_does_not_change_events(parts: list[str], cuts: list[int]) -> N
 def test_character_by_character_equals_whole(parts: list[str]) -> None:
     text = "".join(parts)
     assert merge_texts(chunked_parse(text, list(range(len(text))))) == merge_texts(parse(text))
+
+
+# -- scripted token streams, as real models emit them, after the session's prefill ----------------
+
+KAT_TOKENS = ["<", "judge", ">\n", "Multi", "-step", " proof", ".\n", "</", "judge", ">\n", "<think", "_on", ">\n",
+              "<think>", "\n", "Step", " 1", ".\n", "</think>", "\n", "<answer>", "\n", "Q", "ED", "\n", "</answer>"]
+QWEN_TOKENS = ["<think>", "\n", "Let", " me", " see", ".\n", "</think>", "\n\n", "It", " is", " 4", "."]
+
+
+def feed_tokens(g: ModeGate, tokens: list[str]) -> list[gate.Event]:
+    events: list[gate.Event] = []
+    for token in tokens:
+        events += g.feed(token)
+    return merge_texts(events + g.close())
+
+
+def test_scripted_kat_stream_token_by_token() -> None:
+    events = feed_tokens(ModeGate(gate.KAT_TAGS), KAT_TOKENS)
+    assert decisions(events) == [Decision("on", "model")]
+    assert texts(events, Segment.JUDGE).strip() == "Multi-step proof."
+    assert texts(events, Segment.THINK).strip() == "Step 1."
+    assert texts(events, Segment.ANSWER).strip() == "QED"
+
+
+def test_scripted_think_family_stream_token_by_token() -> None:
+    events = feed_tokens(ModeGate(gate.THINK_TAGS), QWEN_TOKENS)
+    assert decisions(events) == [Decision("on", "model")]
+    assert texts(events, Segment.THINK).strip() == "Let me see."
+    assert texts(events, Segment.ANSWER).strip() == "It is 4."
+
+
+def test_forced_think_on_gives_a_think_segment_on_every_profile() -> None:
+    """think=on: the session decides for the user, prefills in the profile's format, the model goes on."""
+    from katpilot.profiles import PROFILES
+
+    for profile in PROFILES.values():
+        g = ModeGate(profile.gate_tags("on"))
+        events = g.decide("on", "user") + g.feed(profile.prefill("on"))
+        events = events + feed_tokens(g, ["First", ",", " check", " inputs", ".", "</think>", "\n", "Done", "."])
+        assert decisions(events) == [Decision("on", "user")], profile.name
+        assert "First, check inputs." in texts(events, Segment.THINK), profile.name
+        assert "<" not in texts(events, Segment.THINK) + texts(events, Segment.ANSWER), profile.name
+
+
+def test_forced_think_off_on_a_model_that_wants_to_think() -> None:
+    g = ModeGate(gate.KAT_TAGS)
+    events = g.decide("off", "user") + g.feed("<think_off>\n<answer>\n") + feed_tokens(g, ["Four", ".", "</answer>"])
+    assert decisions(events) == [Decision("off", "user")]
+    assert texts(events, Segment.ANSWER).strip() == "Four."

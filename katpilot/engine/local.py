@@ -10,6 +10,7 @@ probabilities at the decision point without `logits_all` (which slows every toke
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from katpilot.engine.base import Engine, ModelInfo, SamplingParams, StreamStats
-from katpilot.errors import EngineError, ModelFileError
+from katpilot.errors import ContextOverflowError, EngineError, ModelFileError
 from katpilot.gguf_file import read_gguf, require_chat_template
 
 # llama.cpp's "random seed" value.
@@ -58,6 +59,7 @@ class LocalEngine(Engine):
                 "check that the file is a complete GGUF model of an architecture llama.cpp supports",
             ) from exc
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread inside _exclusive()
         self._vocab = self.llm._model.vocab
         self._n_vocab = self.llm.n_vocab()
         # The token ids and text of the last prompt + generation, to continue it without re-tokenizing.
@@ -78,6 +80,25 @@ class LocalEngine(Engine):
             tags_in_vocab=summary.tags_in_vocab,
         )
         self._add_bos = bool(summary.add_bos_token)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One call at a time: other threads wait their turn; the same thread must not nest.
+
+        A stream holds the model until it is exhausted or closed. Starting another call from the
+        thread that still holds an open stream would wait forever, so that is an error instead.
+        """
+        if self._owner == threading.get_ident():
+            raise EngineError(
+                "the engine is still busy with an earlier generation from this thread",
+                "read the earlier stream to its end or close() it before starting another",
+            )
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -114,12 +135,10 @@ class LocalEngine(Engine):
         stats: StreamStats | None = None,
     ) -> Iterator[str]:
         stats = stats if stats is not None else StreamStats()
-        with self._lock:
+        with self._exclusive():
             tokens = self._prompt_tokens(prompt)
             n_ctx = self.info.n_ctx
             if len(tokens) >= n_ctx:
-                from katpilot.errors import ContextOverflowError
-
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context window is {n_ctx}",
                     "shorten the input or raise n_ctx (--n-ctx, config key n_ctx)",
@@ -129,6 +148,8 @@ class LocalEngine(Engine):
             # rest in one batch, and a one-token batch would give slightly different logits, so
             # the same prompt would not always give the same greedy answer.
             reused = min(self._cached_prefix(tokens), self._batched_upto, max(0, len(tokens) - 2))
+            if reused and (len(tokens) - reused) % self.llm.n_batch == 1:
+                reused -= 1  # Llama.eval splits by n_batch: never leave a one-token batch
             self.llm.n_tokens = reused
             stats.reused_tokens = reused
             self._batched_upto = len(tokens)
@@ -172,12 +193,11 @@ class LocalEngine(Engine):
             except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
                 raise EngineError(f"llama.cpp failed while generating: {exc}", "retry; if it persists, lower n_ctx") from exc
             finally:
-                tail = decoder.decode(b"", final=True)
+                # A stop inside a multi-byte character leaves bytes that are no text: drop them.
+                incomplete = decoder.decode(b"", final=True) != ""
                 if stats.finish_reason is None:
                     stats.finish_reason = "cancelled"  # the consumer stopped reading
-                self._remember(prompt, tokens, bytes(raw), generated, clean=not tail)
-            if tail:
-                yield tail
+                self._remember(prompt, tokens, bytes(raw), generated, clean=not incomplete)
 
     def _remember(self, prompt: str, tokens: list[int], raw: bytes, generated: list[int], clean: bool) -> None:
         """Keep prompt + generation as ids and bytes, for the next call's `_prompt_tokens`."""
@@ -216,7 +236,7 @@ class LocalEngine(Engine):
         llm.n_tokens = n_past + len(tokens)
 
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        with self._lock:
+        with self._exclusive():
             base = self._prompt_tokens(prompt)
             conts = [self._tokenize(c.encode("utf-8"), add_bos=False) for c in continuations]
             longest = max(len(c) for c in conts)
@@ -225,10 +245,13 @@ class LocalEngine(Engine):
                     "no room left in the context window to score the think decision",
                     "raise n_ctx or shorten the input",
                 )
-            # Re-evaluate everything after the batched prefix, always >= 2 tokens per batch.
+            # Re-evaluate everything after the batched prefix, always >= 2 tokens per batch: the
+            # bulk once, then per continuation the last prompt tokens with the continuation.
             keep = max(0, min(self._cached_prefix(base), self._batched_upto, len(base) - 2))
-            if len(base) - keep > self.llm.n_batch:  # too long for one batch: evaluate the bulk first
-                bulk_end = len(base) - 2
+            bulk_end = len(base) - 2
+            if (bulk_end - keep) % self.llm.n_batch == 1:
+                bulk_end -= 1  # Llama.eval splits by n_batch: never leave a one-token batch
+            if bulk_end > keep:
                 self.llm.n_tokens = keep
                 self.llm.eval(base[keep:bulk_end])
                 keep = bulk_end

@@ -102,8 +102,8 @@ def strip_tags(text: str) -> str:
     return re.sub("|".join(map(re.escape, TAG_LIST)), "", text)
 
 
-def chunked_parse(text: str, cuts: list[int]) -> list[gate.Event]:
-    g = ModeGate()
+def chunked_parse(text: str, cuts: list[int], tags: frozenset[str] = gate.KAT_TAGS) -> list[gate.Event]:
+    g = ModeGate(tags)
     events: list[gate.Event] = []
     start = 0
     for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
@@ -122,6 +122,21 @@ def test_chunking_does_not_change_events(parts: list[str], cuts: list[int]) -> N
     assert "".join(e.text for e in whole if isinstance(e, Text)) == strip_tags(text)
     assert len(decisions(whole)) == 1
     assert isinstance(whole[-1], End)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([gate.THINK_TAGS, gate.NO_TAGS]),
+    st.lists(pieces, max_size=30),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=40),
+)
+def test_other_tag_sets_are_chunking_independent(tags: frozenset[str], parts: list[str], cuts: list[int]) -> None:
+    text = "".join(parts)
+    whole = merge_texts(parse(text, tags))
+    assert merge_texts(chunked_parse(text, cuts, tags)) == whole
+    pattern = "|".join(map(re.escape, sorted(tags)))
+    assert "".join(e.text for e in whole if isinstance(e, Text)) == (re.sub(pattern, "", text) if tags else text)
+    assert len(decisions(whole)) == 1
 
 
 @settings(max_examples=200, deadline=None)

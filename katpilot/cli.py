@@ -34,7 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
 # Options shared by commands that run a model; None means "not given" (config and env decide).
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path or a [models] alias.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path, or an alias from the config's models table.")]
 ProfileOpt = Annotated[Optional[str], typer.Option(help="Format family: auto, kat, think or plain.")]
 ThinkOpt = Annotated[Optional[str], typer.Option("--think", help="auto (the model judges), on or off.")]
 BudgetOpt = Annotated[Optional[int], typer.Option("--budget", help="Close the think block after N tokens.")]
@@ -145,6 +145,7 @@ def ask(
         out.write(json.dumps(response.to_dict(), ensure_ascii=False) + "\n")
     else:
         out.write("\n")
+        out.flush()  # the status line must not land inside the answer when both go to one file
         err.write(_status_line(response) + "\n")
 
 
@@ -155,8 +156,13 @@ def models_list(ctx: typer.Context) -> None:
         return
     from katpilot.models import known_models, resolve_model
 
+    from katpilot.errors import ModelFileError
+
     settings = config_mod.load_settings().settings
-    default = resolve_model(settings.model, settings)
+    try:
+        default = resolve_model(settings.model, settings)
+    except ModelFileError:
+        default = None  # no default model installed: still list the configured ones
     for known in known_models(settings):
         exists = known.path.is_file()
         size = f"{known.path.stat().st_size / 2**20:.0f} MiB" if exists else "missing"

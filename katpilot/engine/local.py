@@ -2,9 +2,10 @@
 
 Why our own loop around `Llama.generate` rather than `create_chat_completion`: we need the raw
 prompt (the session prefills the assistant turn in the model's format), a cancellation check
-before every token, the KV cache kept across calls (a chat's second turn, a continuation after the
-decision point or a closed think block, evaluate only their new tokens), and next-token
-probabilities at the decision point without `logits_all` (which slows every token).
+before every token, the KV cache kept across calls (a chat's second turn reuses the first turn's
+prompt; a continuation after the decision point or a closed think block reuses its prompt and
+re-evaluates the tokens sampled one at a time once, as a batch: see `_batched_upto`), and
+next-token probabilities at the decision point without `logits_all` (which slows every token).
 """
 
 from __future__ import annotations

@@ -218,6 +218,96 @@ def config_show() -> None:
     typer.echo(config_mod.render_show(config_mod.load_settings()))
 
 
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; a non-loopback one needs --api-key or --insecure.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="KATPILOT_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1.")] = None,
+    queue: Annotated[int, typer.Option("--queue", help="Requests waiting or running at once; more get 429.")] = 8,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
+    profile: ProfileOpt = None,
+    think: ThinkOpt = None,
+    budget: BudgetOpt = None,
+    threshold: ThresholdOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Default max tokens per response.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
+    n_threads: Annotated[Optional[int], typer.Option()] = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (docs/server.md); flags set request defaults."""
+    from katpilot.server.serve import ServeOptions, serve as run_server
+
+    settings = config_mod.load_settings(
+        _flags(model=model, profile=profile, think=think, budget=budget, threshold=threshold, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads)
+    ).settings
+    run_server(settings, ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure))
+
+
+RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")]
+
+
+def _refresh_index(path: Path, exclude: list[str] | None, show_progress: bool):  # -> RepoIndex, RefreshReport
+    """Open the repository's index and bring it up to date, with a progress bar on a terminal."""
+    from katpilot.index import RepoIndex
+
+    index = RepoIndex(path, exclude=exclude or ())
+    if not (show_progress and sys.stderr.isatty()):
+        return index, index.refresh()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("parsing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("parse", total=None)
+        report = index.refresh(lambda done, total: bar.update(task, completed=done, total=total))
+    return index, report
+
+
+@app.command("index")
+def index_command(
+    path: RepoArg = Path("."),
+    exclude: ExcludeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Build or refresh the repository index (tree-sitter definitions, references; secrets withheld)."""
+    from dataclasses import asdict
+
+    index, report = _refresh_index(path, exclude, show_progress=not as_json)
+    index.close()
+    for notice in report.notices:
+        typer.echo(f"katpilot: {notice}", err=True)
+    if as_json:
+        typer.echo(json.dumps(asdict(report)))
+    else:
+        typer.echo(f"indexed {index.root}: {report.summary()}")
+        typer.echo(f"cache: {report.cache_path}")
+
+
+@app.command("map")
+def map_command(
+    path: RepoArg = Path("."),
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="Token budget (estimated at 3 characters per token).")] = 1024,
+    focus: Annotated[Optional[list[str]], typer.Option("--focus", help="A file (or symbol name) to rank toward; repeatable.")] = None,
+    exclude: ExcludeOpt = None,
+) -> None:
+    """Print the ranked repo map: the definitions the repository leans on most, within a token budget."""
+    index, report = _refresh_index(path, exclude, show_progress=True)
+    with index:
+        for notice in report.notices:
+            typer.echo(f"katpilot: {notice}", err=True)
+        files, names = [], []
+        for item in focus or []:
+            candidate = Path(item)
+            if (candidate if candidate.is_absolute() else index.root / candidate).is_file() or (Path.cwd() / candidate).is_file():
+                files.append(str(candidate.resolve()) if (Path.cwd() / candidate).is_file() else item)
+            elif index.definitions(name=item):
+                names.append(item)
+            else:
+                raise KatpilotError(f"--focus {item} is neither a file nor a defined name", "give a file path or a function/class name")
+        typer.echo(index.repo_map(tokens, focus_files=files, focus_names=names), nl=False)
+
+
 def main() -> None:
     """Console entry point: run the app and turn errors into one line."""
     try:

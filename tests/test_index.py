@@ -15,7 +15,7 @@ from katpilot.errors import KatpilotError
 from katpilot.index import RepoIndex, indexer
 from katpilot.index.rank import estimate_tokens
 from katpilot.index.secrets import WITHHELD_MARKER, redact
-from tests.index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, SECRET_REPO, write_repo
+from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, SECRET_REPO, write_repo
 
 
 @pytest.fixture()

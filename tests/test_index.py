@@ -365,6 +365,14 @@ def test_a_bad_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     assert report.parsed == len(LANGUAGE_REPO)
 
 
+def test_an_unwritable_cache_is_one_clear_error(tmp_path: Path) -> None:
+    root = write_repo(tmp_path / "repo", {"a.py": "def a(): pass\n"})
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    with pytest.raises(KatpilotError, match="cannot write the index cache"):
+        RepoIndex(root, cache_path=blocker / "index.sqlite")
+
+
 def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_repo(tmp_path / "repo", LANGUAGE_REPO)
     with RepoIndex(root, cache_path=tmp_path / "serial.sqlite") as index:

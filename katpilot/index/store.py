@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from katpilot import paths
+from katpilot.errors import KatpilotError
 from katpilot.index.indexer import FileRecord
 from katpilot.index.parse import Definition, definitions_from_json
 
@@ -57,13 +58,19 @@ class IndexStore:
         self.path = path
         self.root = str(root.resolve())
         self.notices: list[str] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = self._open()
-        except sqlite3.DatabaseError as exc:
-            self.notices.append(f"the index cache {path} was unreadable ({exc}); started a fresh one")
-            self._remove()
-            self.db = self._open()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.db = self._open()
+            except sqlite3.DatabaseError as exc:
+                self.notices.append(f"the index cache {path} was unreadable ({exc}); started a fresh one")
+                self._remove()
+                self.db = self._open()
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise KatpilotError(
+                f"cannot write the index cache {path} ({exc})",
+                "make its directory writable, or set KATPILOT_HOME to a writable directory",
+            ) from None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)

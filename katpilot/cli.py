@@ -243,6 +243,32 @@ def serve(
     run_server(settings, ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure))
 
 
+@app.command("history")
+def history_command(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many chats to list.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List saved chats, most recent first (resume one with `katpilot chat --resume ID`)."""
+    import time
+    from dataclasses import asdict
+
+    from katpilot.history import History
+
+    with History() as store:
+        for notice in store.notices:
+            typer.echo(f"katpilot: {notice}", err=True)
+        chats = store.chats(limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(chat) for chat in chats]))
+        return
+    if not chats:
+        typer.echo("no chats yet (start one with `katpilot chat`)")
+        return
+    for chat in chats:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.updated_at))
+        typer.echo(f"{chat.id:>5}  {when}  {chat.messages:>4} msgs  {chat.model:<16}  {chat.title or '(untitled)'}")
+
+
 RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")]
 

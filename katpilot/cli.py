@@ -243,6 +243,34 @@ def serve(
     run_server(settings, ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure))
 
 
+@app.command("chat")
+def chat_command(
+    model: ModelOpt = None,
+    think: ThinkOpt = None,
+    budget: BudgetOpt = None,
+    threshold: ThresholdOpt = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Reopen a chat: its ID, or 'last'.")] = None,
+    workspace: Annotated[Path, typer.Option("--workspace", help="The repository /add and /map read.")] = Path("."),
+) -> None:
+    """Chat in the terminal: streaming answers, the thinking one key away, history that survives a crash."""
+    from katpilot.chat.app import ChatApp
+    from katpilot.history import History
+
+    settings = config_mod.load_settings(_flags(model=model, think=think, budget=budget, threshold=threshold)).settings
+    chat_id = None
+    if resume is not None:
+        with History() as store:
+            if resume == "last":
+                chat_id = store.last_chat_id()
+                if chat_id is None:
+                    raise KatpilotError("there is no chat to resume yet", "start one with `katpilot chat`")
+            elif resume.isdigit():
+                chat_id = store.chat(int(resume)).id
+            else:
+                raise KatpilotError(f"--resume takes a chat ID or 'last', not '{resume}'", "see `katpilot history`")
+    ChatApp(settings, workspace=workspace, resume=chat_id).run()
+
+
 @app.command("history")
 def history_command(
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many chats to list.")] = 50,

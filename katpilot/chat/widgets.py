@@ -1,0 +1,71 @@
+"""The chat's message widgets: a user turn, and an assistant turn with its mode badge, a collapsible
+thinking panel (judge + think, collapsed by default) and the answer as Markdown."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Collapsible, Markdown, Static
+
+
+def badge_text(mode: str | None, decided_by: str | None, p_on: float | None, stopped: bool = False) -> str:
+    """THINK ON / THINK OFF, who decided, p(on) at the decision point."""
+    if mode is None:
+        label = "deciding…"
+    else:
+        who = "you" if decided_by == "user" else decided_by or "model"
+        label = f"THINK {mode.upper()} · {who}" + (f" · p(on) {p_on:.2f}" if p_on is not None else "")
+    return label + (" · stopped" if stopped else "")
+
+
+class UserMessage(Static):
+    DEFAULT_CSS = """
+    UserMessage { margin: 1 0 0 0; padding: 0 1; border-left: thick $accent; }
+    """
+
+
+class Notice(Static):
+    """Something the user should know (an error, a trimmed turn, a command's result)."""
+
+    DEFAULT_CSS = """
+    Notice { color: $text-muted; padding: 0 1; }
+    Notice.error { color: $error; }
+    """
+
+
+class AssistantMessage(Vertical):
+    DEFAULT_CSS = """
+    AssistantMessage { height: auto; margin: 1 0 0 0; }
+    AssistantMessage .badge { color: $secondary; padding: 0 1; }
+    AssistantMessage Collapsible { margin: 0; padding: 0; border: none; }
+    AssistantMessage .thinking { color: $text-muted; padding: 0 1; }
+    AssistantMessage Markdown { margin: 0; padding: 0 1; }
+    """
+
+    def __init__(self, answer: str = "", thinking: str = "", badge: str = "deciding…") -> None:
+        super().__init__()
+        self._initial = (answer, thinking, badge)
+        self.thinking_text = thinking
+
+    def compose(self) -> ComposeResult:
+        answer, thinking, badge = self._initial
+        yield Static(badge, classes="badge")
+        with Collapsible(title="thinking", collapsed=True):
+            yield Static(thinking, classes="thinking")
+        yield Markdown(answer)
+
+    @property
+    def badge(self) -> Static:
+        return self.query_one(".badge", Static)
+
+    @property
+    def panel(self) -> Collapsible:
+        return self.query_one(Collapsible)
+
+    @property
+    def answer(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    def add_thinking(self, text: str) -> None:
+        self.thinking_text += text
+        self.query_one(".thinking", Static).update(self.thinking_text)

@@ -1,0 +1,124 @@
+"""The chat app driven by Textual's pilot on the embedded model, with a real history database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from katpilot.chat.app import ChatApp
+from katpilot.chat.widgets import AssistantMessage, Notice
+from katpilot.config import load_settings
+from katpilot.history import History
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _app(tmp_path: Path, **flags: object) -> ChatApp:
+    settings = load_settings({"max_tokens": 24, "temperature": 0.0, "n_ctx": 2048, **flags}).settings
+    return ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite")
+
+
+async def _wait(pilot, condition, timeout: float = 60.0) -> None:
+    waited = 0.0
+    while not condition():
+        await pilot.pause(0.05)
+        waited += 0.05
+        assert waited < timeout, "timed out waiting for the app"
+
+
+async def _ask(app: ChatApp, pilot, question: str) -> AssistantMessage:
+    await _wait(pilot, lambda: app.session is not None)
+    await pilot.click("#prompt")
+    for char in question:
+        await pilot.press(char if char != " " else "space")
+    await pilot.press("enter")
+    await _wait(pilot, lambda: app.generating or app.responses)
+    return app.query(AssistantMessage).last()
+
+
+def test_ask_streams_an_answer_and_saves_it(tmp_path: Path) -> None:
+    async def run() -> None:
+        app = _app(tmp_path, think="off")
+        async with app.run_test() as pilot:
+            message = await _ask(app, pilot, "Say hello")
+            await _wait(pilot, lambda: bool(app.responses))
+            response = app.responses[-1]
+            assert response.answer and response.mode == "off" and response.decided_by == "user"
+            await pilot.pause(0.2)
+            assert message.answer.source.strip() == response.answer.strip()
+            assert "THINK OFF · you" in str(message.badge.render())
+    asyncio.run(run())
+    with History(tmp_path / "history.sqlite") as h:
+        (chat,) = h.chats()
+        assert [m.role for m in h.messages(chat.id)] == ["user", "assistant"]
+
+
+def test_think_mode_toggle_and_thinking_panel(tmp_path: Path) -> None:
+    async def run() -> None:
+        app = _app(tmp_path)
+        async with app.run_test() as pilot:
+            assert app.controls.think == "auto"
+            await pilot.press("ctrl+t")
+            assert app.controls.think == "on"
+            message = await _ask(app, pilot, "Why is the sky blue")
+            await _wait(pilot, lambda: bool(app.responses))
+            assert app.responses[-1].mode == "on" and message.thinking_text
+            assert message.panel.collapsed
+            await pilot.click(message.panel.query_one("CollapsibleTitle"))
+            assert not message.panel.collapsed
+            await pilot.press("ctrl+t", "ctrl+t")
+            assert app.controls.think == "auto"
+    asyncio.run(run())
+
+
+def test_escape_stops_and_keeps_the_partial_answer(tmp_path: Path) -> None:
+    async def run() -> None:
+        app = _app(tmp_path, think="off", max_tokens=400)
+        async with app.run_test() as pilot:
+            await _ask(app, pilot, "Write a long story about a dragon")
+            await _wait(pilot, lambda: app.responses or (app._current is not None and app._current.answer.source))
+            await pilot.press("escape")
+            await _wait(pilot, lambda: bool(app.responses))
+            response = app.responses[-1]
+            assert response.stats.finish_reason == "cancelled"
+            assert response.stats.completion_tokens < 400
+    asyncio.run(run())
+    with History(tmp_path / "history.sqlite") as h:
+        (chat,) = h.chats()
+        assert h.messages(chat.id)[-1].partial
+
+
+def test_resume_a_chat_from_the_history(tmp_path: Path) -> None:
+    with History(tmp_path / "history.sqlite") as h:
+        chat = h.new_chat("smollm2-135m")
+        h.add_message(chat, "user", "What is 2+2?")
+        h.add_message(chat, "assistant", "It is 4.", mode="off", decided_by="model", p_on=0.1)
+
+    async def run() -> None:
+        settings = load_settings({"max_tokens": 8, "think": "off"}).settings
+        app = ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite", resume=chat)
+        async with app.run_test() as pilot:
+            await _wait(pilot, lambda: app.session is not None)
+            (message,) = app.query(AssistantMessage)
+            assert message.answer.source == "It is 4."
+            assert [m.content for m in app.session.history] == ["What is 2+2?", "It is 4."]
+    asyncio.run(run())
+
+
+def test_slash_commands(tmp_path: Path) -> None:
+    (tmp_path / "tool.py").write_text('TOKEN = "ghp_' + "a" * 36 + '"\n\ndef helper():\n    return 1\n')
+
+    async def run() -> None:
+        app = _app(tmp_path)
+        async with app.run_test() as pilot:
+            for command in ("/think off", "/budget 64", "/threshold 0.3", "/add tool.py", "/add ../elsewhere.py", "/nope"):
+                app.run_command(command)
+            await pilot.pause(0.1)
+            assert (app.controls.think, app.controls.budget, app.controls.threshold) == ("off", 64, 0.3)
+            assert len(app.attachments) == 1 and "def helper" in app.attachments[0] and "ghp_" not in app.attachments[0]
+            notices = [str(n.render()) for n in app.query(Notice)]
+            assert any("outside the workspace" in n for n in notices)
+            assert any("unknown command /nope" in n for n in notices)
+    asyncio.run(run())

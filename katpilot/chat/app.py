@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
 
-from katpilot.chat.widgets import AssistantMessage, Notice, UserMessage, badge_text
+from katpilot.chat.widgets import AssistantMessage, Notice, PromptInput, UserMessage, badge_text
 from katpilot.config import Settings
 from katpilot.errors import KatpilotError
 from katpilot.gate import Decision, Segment, Text
@@ -89,7 +89,7 @@ class ChatApp(App[None]):
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="log")
         yield Static("", id="status")
-        yield Input(placeholder="Ask, or /help", id="prompt")
+        yield PromptInput(placeholder="Ask, or /help", id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -196,7 +196,6 @@ class ChatApp(App[None]):
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
-        event.input.value = ""
         if not text:
             return
         if text.startswith("/"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Collapsible, Markdown, Static
+from textual.widgets import Collapsible, Input, Markdown, Static
 
 
 def badge_text(mode: str | None, decided_by: str | None, p_on: float | None, stopped: bool = False) -> str:
@@ -69,3 +69,12 @@ class AssistantMessage(Vertical):
     def add_thinking(self, text: str) -> None:
         self.thinking_text += text
         self.query_one(".thinking", Static).update(self.thinking_text)
+
+
+class PromptInput(Input):
+    """The question line. It empties itself the moment Enter is pressed, in its own message queue,
+    so keys typed ahead while the app handles the submission are kept, not wiped."""
+
+    async def action_submit(self) -> None:
+        value, self.value = self.value, ""
+        self.post_message(self.Submitted(self, value, None))

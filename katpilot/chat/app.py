@@ -238,11 +238,13 @@ class ChatApp(App[None]):
 
     async def _drain(self) -> None:
         """Apply the events the worker produced since the last tick (rendering is throttled here)."""
+        message = self._current
+        if message is None or not message.ready:
+            return  # the message widget is not composed yet: its events wait for the next tick
         with self._lock:
             events, self._pending = self._pending, []
-        if not events or self._current is None:
+        if not events:
             return
-        message = self._current
         answer = "".join(e.text for e in events if isinstance(e, Text) and e.segment is Segment.ANSWER)
         thinking = "".join(e.text for e in events if isinstance(e, Text) and e.segment in (Segment.JUDGE, Segment.THINK))
         if thinking:

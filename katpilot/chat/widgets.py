@@ -55,6 +55,11 @@ class AssistantMessage(Vertical):
         yield Markdown(answer)
 
     @property
+    def ready(self) -> bool:
+        """Composed and mounted: its parts can be updated."""
+        return self.is_mounted and bool(self.query(Markdown))
+
+    @property
     def badge(self) -> Static:
         return self.query_one(".badge", Static)
 

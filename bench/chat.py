@@ -2,7 +2,7 @@
 
     python bench/chat.py [--rounds N] [--tokens N]
 
-The app runs headless (Textual's run_test) with its real widgets, timer-driven rendering and
+Both sides use the thread count the app picks (one core left to the UI, `chat_threads`). The app runs headless (Textual's run_test) with its real widgets, timer-driven rendering and
 history writes; the same question, greedy, think off, alternating with a direct session run so both
 see the same machine load. Also prints the time from launch to a ready prompt (model loaded).
 Target (issue 7): ratio >= 0.95.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from katpilot.chat.app import ChatApp  # noqa: E402
+from katpilot.chat.app import ChatApp, chat_threads  # noqa: E402
 from katpilot.config import load_settings  # noqa: E402
 from katpilot.models import load_engine, new_session, think_controls  # noqa: E402
 
@@ -28,7 +28,7 @@ QUESTION = "Write a long story about a dragon who learns to program."
 
 
 def direct(settings) -> float:
-    engine = load_engine(settings)
+    engine = load_engine(chat_threads(settings))  # the same thread count the app uses
     try:
         response = new_session(engine, settings).ask(QUESTION, think_controls(settings))
     finally:
@@ -47,9 +47,10 @@ async def through_app(settings, scratch: Path) -> tuple[float, float, float]:
         app.ask(QUESTION)
         first_seen = None
         while not app.responses:
+            # Plain sleeps, not pilot.pause(): the pilot forces a screen refresh on every call.
             if first_seen is None and app._current is not None and app._current.ready and app._current.answer.source:
                 first_seen = time.perf_counter()
-            await pilot.pause(0.02)
+            await asyncio.sleep(0.01)
         done = time.perf_counter()
         tokens = app.responses[-1].stats.completion_tokens
         # Tokens over the time the screen took to receive them (first drained piece to the last).
@@ -62,13 +63,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=192)
+    parser.add_argument("--threads", type=int, help="llama.cpp threads for both sides (default: the config's)")
     parser.add_argument("--interval", type=float, help="override the app's render interval (seconds)")
     args = parser.parse_args()
     if args.interval:
         import katpilot.chat.app as chat_app
 
         chat_app.DRAIN_INTERVAL_S = args.interval
-    settings = load_settings({"think": "off", "temperature": 0.0, "max_tokens": args.tokens}).settings
+    flags = {"think": "off", "temperature": 0.0, "max_tokens": args.tokens}
+    if args.threads:
+        flags["n_threads"] = args.threads
+    settings = load_settings(flags).settings
     direct_rates, app_rates, ready_times, generated_rates = [], [], [], []
     direct(settings)  # warm-up: the first load of a process pays for page faults and llama.cpp setup
     with tempfile.TemporaryDirectory() as scratch:

@@ -126,7 +126,7 @@ def test_sigkill_mid_stream_keeps_every_completed_message(terminal) -> None:
     completed = _messages(db)
     tmux.send("/budget none", "Enter")
     tmux.send("Write a very long story about a dragon and a knight", "Enter")
-    _wait_for(lambda: len(_messages(db)) == 3, timeout=30, what="the second question to be saved", screen=tmux.screen)
+    _wait_for(lambda: len(_messages(db)) == 3, timeout=90, what="the second question to be saved", screen=tmux.screen)
     time.sleep(0.3)  # the answer is streaming now
     pids = subprocess.run(["pgrep", "-P", str(tmux.pane_pid())], capture_output=True, text=True).stdout.split()
     for pid in pids or [str(tmux.pane_pid())]:

@@ -122,3 +122,21 @@ def test_slash_commands(tmp_path: Path) -> None:
             assert any("outside the workspace" in n for n in notices)
             assert any("unknown command /nope" in n for n in notices)
     asyncio.run(run())
+
+
+def test_errors_show_inline(tmp_path: Path) -> None:
+    (tmp_path / "history.sqlite").write_bytes(b"not a database at all" * 100)
+
+    async def run() -> None:
+        settings = load_settings({"model": str(tmp_path / "missing.gguf")}).settings
+        app = ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite")
+        async with app.run_test() as pilot:
+            await _wait(pilot, lambda: len(app.query(Notice)) >= 2)
+            notices = [str(n.render()) for n in app.query(Notice)]
+            assert any("moved it to" in n for n in notices)  # the corrupt history, set aside
+            assert any("missing.gguf" in n and "error" in n for n in notices)  # the missing model
+            app.run_command("/think maybe")
+            await pilot.pause(0.1)
+            assert "auto, on or off" in str(app.query(Notice).last().render())
+    asyncio.run(run())
+    assert list(tmp_path.glob("history.sqlite.unreadable-*"))

@@ -34,7 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
 # Options shared by commands that run a model; None means "not given" (config and env decide).
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path, or an alias from the config's models table.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path, an alias from the config's models table, or a server: openai+http://host:port/v1#model.")]
 ProfileOpt = Annotated[Optional[str], typer.Option(help="Format family: auto, kat, think or plain.")]
 ThinkOpt = Annotated[Optional[str], typer.Option("--think", help="auto (the model judges), on or off.")]
 BudgetOpt = Annotated[Optional[int], typer.Option("--budget", help="Close the think block after N tokens.")]
@@ -154,20 +154,40 @@ def models_list(ctx: typer.Context) -> None:
     """List known models: the embedded default and the config's [models] aliases."""
     if ctx.invoked_subcommand is not None:
         return
-    from katpilot.models import known_models, resolve_model
+    from katpilot.models import known_models, remote_spec, resolve_model
 
     from katpilot.errors import ModelFileError
 
     settings = config_mod.load_settings().settings
+    _list_remote_models(settings)
     try:
         default = resolve_model(settings.model, settings)
     except ModelFileError:
         default = None  # no default model installed: still list the configured ones
     for known in known_models(settings):
+        if remote_spec(settings.models.get(known.name), settings):
+            typer.echo(f"  {known.name:<20} {'server':>9}  {known.source:<8}  {settings.models[known.name]}")
+            continue
         exists = known.path.is_file()
         size = f"{known.path.stat().st_size / 2**20:.0f} MiB" if exists else "missing"
         mark = "*" if known.path == default else " "
         typer.echo(f"{mark} {known.name:<20} {size:>9}  {known.source:<8}  {known.path}")
+
+
+def _list_remote_models(settings: config_mod.Settings) -> None:
+    """When the configured model is on a server, list what that server serves (GET /v1/models)."""
+    from katpilot.engine.remote import api_key_from, list_models, parse_spec
+    from katpilot.models import remote_spec
+
+    url = remote_spec(settings.model, settings)
+    if url is None:
+        return
+    spec = parse_spec(url)
+    ids = list_models(spec, api_key=api_key_from(settings.api_key))
+    chosen = spec.model or (ids[0] if ids else None)
+    for model_id in ids:
+        mark = "*" if model_id == chosen else " "
+        typer.echo(f"{mark} {model_id}  remote  {spec.base_url}")
 
 
 @models_app.command("info")

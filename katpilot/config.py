@@ -79,7 +79,8 @@ class Settings:
     """Every user setting, with its effective value. Build one with `load_settings`."""
 
     model: str | None = _setting(
-        None, "GGUF path or a name from [models]; none = the embedded default model", str,
+        None, "GGUF path, a name from [models], or a server: openai+http://host:port/v1#model; "
+        "none = the embedded default model", str,
         optional=True,
     )
     profile: Profile = _setting(
@@ -121,6 +122,14 @@ class Settings:
     system_prompt: str = _setting(
         "You are katpilot, a concise and careful coding assistant.",
         "system prompt sent before every conversation", str,
+    )
+    api_key: str | None = _setting(
+        None, "API key of a remote model server (--model openai+http://...); never printed; "
+        "falls back to OPENAI_API_KEY", str, optional=True,
+    )
+    remote_gguf: str | None = _setting(
+        None, "local GGUF (path or [models] name) giving a remote model's chat template and "
+        "special tokens when its server does not report them", str, optional=True,
     )
     models: dict[str, str] = _setting(
         {}, 'model aliases, the [models] table: name = "path/to/model.gguf" (use as --model NAME)',

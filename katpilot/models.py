@@ -61,8 +61,22 @@ def resolve_model(spec: str | None, settings: Settings) -> Path:
     return Path(spec).expanduser()
 
 
+def remote_spec(spec: str | None, settings: Settings) -> str | None:
+    """The server URL a --model value names (directly or through a [models] alias), else None."""
+    from katpilot.engine.remote import is_remote
+
+    target = settings.models.get(spec, spec) if spec is not None else None
+    return target if is_remote(target) else None
+
+
 def load_engine(settings: Settings) -> Engine:
-    """The engine for the configured model (validated before llama.cpp sees it)."""
+    """The engine for the configured model: a server (remote) or a GGUF validated before llama.cpp."""
+    remote = remote_spec(settings.model, settings)
+    if remote is not None:
+        from katpilot.engine.remote import RemoteEngine, api_key_from
+
+        template = resolve_model(settings.remote_gguf, settings) if settings.remote_gguf else None
+        return RemoteEngine(remote, api_key_from(settings.api_key), n_ctx=settings.n_ctx, template_gguf=template)
     from katpilot.engine.local import LocalEngine
 
     path = resolve_model(settings.model, settings)

@@ -59,27 +59,28 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 class Tmux:
-    """One detached tmux session running a command."""
+    """One detached tmux session running a command, on its own tmux server (socket), so tests
+    running side by side never share, or shut down, each other's server."""
 
     def __init__(self, command: str, env: dict[str, str]) -> None:
         self.name = f"katpilot-test-{uuid.uuid4().hex[:8]}"
         exports = " ".join(f"{k}={v}" for k, v in env.items())
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
-                        f"env {exports} {command}"], check=True)
+        self._tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", f"env {exports} {command}", check=True)
+
+    def _tmux(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, check=check)
 
     def send(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        self._tmux("send-keys", "-t", self.name, *keys, check=True)
 
     def screen(self) -> str:
-        done = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
-        return done.stdout
+        return self._tmux("capture-pane", "-p", "-t", self.name).stdout
 
     def pane_pid(self) -> int:
-        done = subprocess.run(["tmux", "display-message", "-p", "-t", self.name, "#{pane_pid}"], capture_output=True, text=True)
-        return int(done.stdout.strip())
+        return int(self._tmux("display-message", "-p", "-t", self.name, "#{pane_pid}").stdout.strip())
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        self._tmux("kill-server")
 
 
 def _wait_for(condition, timeout: float = 90.0, what: str = "", screen=None) -> None:

@@ -28,8 +28,9 @@ from katpilot.history import History
 from katpilot.session import ChatSession, Finished, Response, ThinkControls
 from katpilot.session import Notice as SessionNotice
 
-# Ten screen updates a second read smoothly; twenty cost the model 3% more on 2 cores (bench/chat.py).
-DRAIN_INTERVAL_S = 0.1
+# Five screen updates a second: the UI thread shares the GIL with the generating thread, and each
+# update costs the model time (bench/chat.py on 2 cores: ratio 0.91 at 10 Hz, 0.95 at 5 Hz).
+DRAIN_INTERVAL_S = 0.2
 
 
 def chat_threads(settings: Settings) -> Settings:

@@ -372,9 +372,10 @@ def map_command(
             typer.echo(f"katpilot: {notice}", err=True)
         files, names = [], []
         for item in focus or []:
-            candidate = Path(item)
-            if (candidate if candidate.is_absolute() else index.root / candidate).is_file() or (Path.cwd() / candidate).is_file():
-                files.append(str(candidate.resolve()) if (Path.cwd() / candidate).is_file() else item)
+            # A file is named from the current directory, or from the repository's root.
+            found = next((p for p in (Path(item).expanduser().resolve(), index.root / item) if p.is_file()), None)
+            if found is not None:
+                files.append(str(found))
             elif index.definitions(name=item):
                 names.append(item)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from textual import on, work
@@ -301,7 +301,7 @@ class ChatApp(App[None]):
         self._save(
             "assistant", response.answer, judge=response.judge, think=response.think, mode=response.mode,
             decided_by=response.decided_by, p_on=response.p_on,
-            stats={k: v for k, v in vars(response.stats).items()}, partial=stopped,
+            stats=asdict(response.stats), partial=stopped,
         )
         self._update_status()
 

@@ -80,9 +80,8 @@ def rank_definitions(
     definers: dict[str, set[str]] = defaultdict(set)
     for d in definitions:
         definers[d.name].add(d.path)
-    files = sorted({d.path for d in definitions} | focus_file_set)
-    refs_by_file = {path: counts for path, counts in references}
-    files = sorted(set(files) | set(refs_by_file))
+    refs_by_file = dict(references)
+    files = sorted({d.path for d in definitions} | focus_file_set | set(refs_by_file))
     ids = {path: i for i, path in enumerate(files)}
 
     users: dict[str, int] = defaultdict(int)

@@ -8,6 +8,7 @@ outside the root are refused.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -170,8 +171,6 @@ class RepoIndex:
         return report
 
     def _same_content(self, source: SourceFile, sha1: str) -> bool:
-        import hashlib
-
         try:
             return hashlib.sha1((self.root / source.path).read_bytes()).hexdigest() == sha1
         except OSError:

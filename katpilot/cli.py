@@ -291,6 +291,34 @@ def chat_command(
     ChatApp(settings, workspace=workspace, resume=chat_id).run()
 
 
+@app.command("lsp")
+def lsp_command(
+    tcp: Annotated[Optional[str], typer.Option("--tcp", help="Listen on [HOST:]PORT instead of stdio; HOST defaults to 127.0.0.1.")] = None,
+    model: ModelOpt = None,
+    think: ThinkOpt = None,
+    budget: BudgetOpt = None,
+    threshold: ThresholdOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Max tokens of an action's or question's answer.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
+    n_threads: Annotated[Optional[int], typer.Option()] = None,
+) -> None:
+    """Serve editors over the Language Server Protocol: inline completion, code actions, katpilot.ask (docs/lsp.md)."""
+    from lsp.server import run
+
+    settings = config_mod.load_settings(
+        _flags(model=model, think=think, budget=budget, threshold=threshold, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads)
+    ).settings
+    run(settings, _tcp_address(tcp) if tcp is not None else None)
+
+
+def _tcp_address(value: str) -> tuple[str, int]:
+    """`PORT` or `HOST:PORT` (loopback when no host is given)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise KatpilotError(f"--tcp takes [HOST:]PORT, not '{value}'", "e.g. --tcp 2087 or --tcp 127.0.0.1:2087")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @app.command("history")
 def history_command(
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many chats to list.")] = 50,

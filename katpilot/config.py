@@ -316,11 +316,7 @@ def _flag_layer(flags: Mapping[str, object], problems: list[tuple[str, str]]):
             continue
         if isinstance(value, enum.Enum):  # typer choice options arrive as enum members
             value = value.value
-        problem = None
-        if isinstance(value, str) and _RULES[name].kind in (int, float):
-            value, problem = _parse_text(name, value)  # flags declared as str: "--seed none"
-        if problem is None:
-            value, problem = _check(name, value)
+        value, problem = check_value(name, value)
         if problem:
             problems.append((f"flag {flag} {problem}", f"change {flag}"))
         else:
@@ -329,6 +325,18 @@ def _flag_layer(flags: Mapping[str, object], problems: list[tuple[str, str]]):
 
 
 # --- validation -----------------------------------------------------------------------------------
+
+
+def check_value(name: str, value: Any) -> tuple[Any, str | None]:
+    """A setting's value from a front end (a flag, an LSP option), normalised, or a problem.
+
+    Strings are accepted for numeric settings ("--seed none", JSON "0.7"). `name` must be a setting.
+    """
+    if isinstance(value, str) and _RULES[name].kind in (int, float):
+        value, problem = _parse_text(name, value)
+        if problem:
+            return None, problem
+    return _check(name, value)
 
 
 def _parse_text(name: str, text: str) -> tuple[Any, str | None]:

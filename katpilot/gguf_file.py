@@ -35,6 +35,15 @@ AUTOTHINK_TAGS: frozenset[str] = frozenset(
     {"<judge>", "</judge>", "<think_on>", "<think_off>", "<think>", "</think>", "<answer>", "</answer>"}
 )
 
+# Fill-in-the-middle token triples (prefix, suffix, middle) of the common code-model families, for
+# GGUFs written before the tokenizer.ggml.fim_*_token_id keys existed.
+FIM_TRIPLES: tuple[tuple[str, str, str], ...] = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, Qwen3
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, DeepSeek-V2 Lite family
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),  # DeepSeek-Coder
+    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
+)
+
 _VT = gguf.GGUFValueType
 _KEYS = gguf.Keys
 _MAGIC = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF"
@@ -87,6 +96,7 @@ class GGUFSummary:
     eos_token: str | None
     add_bos_token: bool | None  # tokenizer.ggml.add_bos_token
     tags_in_vocab: frozenset[str]  # AUTOTHINK_TAGS that are single tokens in the vocabulary
+    fim_tokens: tuple[str, str, str] | None  # fill-in-the-middle (prefix, suffix, middle) tokens
     mtp_heads: int  # multi-token-prediction heads, 0 if none
     metadata: dict[str, object]  # scalar and string metadata; arrays as "[TYPE x n]"
     tensor_count: int = 0
@@ -393,6 +403,15 @@ def _token_text(vocab: list[bytes], token_id: int | None) -> str | None:
     return vocab[token_id].decode("utf-8", errors="replace")
 
 
+def _fim_tokens(meta: _Metadata, vocab: set[bytes]) -> tuple[str, str, str] | None:
+    """The model's fill-in-the-middle tokens: from the tokenizer's FIM ids, else a known triple."""
+    tok = _KEYS.Tokenizer
+    by_id = tuple(_token_text(meta.vocab, meta.get_int(key)) for key in (tok.FIM_PRE_ID, tok.FIM_SUF_ID, tok.FIM_MID_ID))
+    if all(by_id):
+        return by_id  # type: ignore[return-value]
+    return next((t for t in FIM_TRIPLES if all(x.encode() in vocab for x in t)), None)
+
+
 _FIRST_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
@@ -457,6 +476,7 @@ def _summarise(path: Path, size: int, parsed: _Parsed) -> GGUFSummary:
         eos_token=_token_text(meta.vocab, meta.get_int(tok.EOS_ID)),
         add_bos_token=meta.get_bool(tok.ADD_BOS),
         tags_in_vocab=frozenset(tag for tag in AUTOTHINK_TAGS if tag.encode() in vocab),
+        fim_tokens=_fim_tokens(meta, vocab),
         mtp_heads=_mtp_heads(meta, arch, tensors),
         metadata=meta.values,
         tensor_count=len(tensors),

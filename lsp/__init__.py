@@ -1,1 +1,1 @@
-"""Placeholder package: filled in by its own issue."""
+"""`katpilot lsp`: the language server editors talk to (inline completion, code actions, katpilot.ask)."""

@@ -41,6 +41,7 @@ class ModelInfo:
     eos_token: str
     n_ctx: int  # the context window in use
     tags_in_vocab: frozenset[str] = frozenset()
+    fim_tokens: tuple[str, str, str] | None = None  # (prefix, suffix, middle): the model can fill in
 
 
 @dataclass

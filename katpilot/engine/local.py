@@ -79,6 +79,7 @@ class LocalEngine(Engine):
             eos_token=summary.eos_token or "",
             n_ctx=self.llm.n_ctx(),
             tags_in_vocab=summary.tags_in_vocab,
+            fim_tokens=summary.fim_tokens,
         )
         self._add_bos = bool(summary.add_bos_token)
 

@@ -289,6 +289,7 @@ class RemoteEngine(Engine):
             name=name, path=None, architecture=summary.architecture, chat_template=summary.chat_template or "",
             bos_token=summary.bos_token or "", eos_token=summary.eos_token or "",
             n_ctx=min(n_ctx, summary.context_length or n_ctx), tags_in_vocab=summary.tags_in_vocab,
+            fim_tokens=summary.fim_tokens,
         )
 
     def _props(self) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""The JSON-RPC frame loop: read `Content-Length` frames and answer bad ones instead of dropping them.
+
+pygls' own loop logs a body that is not JSON, or a request whose params do not fit the method,
+and sends nothing back, so the client waits forever for that request. Here every frame gets what
+JSON-RPC 2.0 prescribes: Parse error (-32700, id null) for a body that is not JSON, Invalid
+Request (-32600) for JSON that is not a request, Invalid params (-32602) with the request's id for
+params of the wrong shape. Header lines that are not headers are skipped, so a client that sends
+garbage and then a proper frame is served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from typing import Any, Protocol
+
+from lsprotocol.types import ResponseError
+from pygls.exceptions import JsonRpcException
+from pygls.protocol import JsonRPCProtocol
+
+log = logging.getLogger(__name__)
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_DISCARD_CHUNK = 1024 * 1024
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
+
+
+class AsyncReader(Protocol):
+    async def readline(self) -> bytes: ...
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+async def serve_frames(reader: AsyncReader, protocol: JsonRPCProtocol, stop: threading.Event) -> None:
+    """Read frames until end of input or `stop`; each frame is handled or answered with an error."""
+    while not stop.is_set():
+        length = await _read_headers(reader)
+        if length is None:
+            return
+        if length > MAX_MESSAGE_BYTES:
+            if not await _discard(reader, length):
+                return
+            _reply_error(protocol, None, INVALID_REQUEST, f"message of {length:,} bytes is over the {MAX_MESSAGE_BYTES:,}-byte limit")
+            continue
+        body = await _read_body(reader, length)
+        if body is None:
+            return
+        handle_frame(body, protocol)
+
+
+async def _read_headers(reader: AsyncReader) -> int | None:
+    """The Content-Length of the next frame, skipping lines that are not headers; None at EOF."""
+    length: int | None = None
+    while True:
+        line = await reader.readline()
+        if not line:
+            return None
+        if not line.strip():
+            if length is not None:
+                return length
+            continue  # a blank line before any Content-Length: nothing to read yet
+        match = _CONTENT_LENGTH.fullmatch(line.strip())
+        if match:
+            length = int(match.group(1))
+        elif b":" not in line:
+            log.warning("skipped a line that is not a header: %r", line[:80])
+
+
+async def _read_body(reader: AsyncReader, length: int) -> bytes | None:
+    try:
+        body = await reader.readexactly(length)
+    except Exception:  # asyncio.IncompleteReadError on sockets: the client went away mid-frame
+        return None
+    return body if len(body) == length else None
+
+
+async def _discard(reader: AsyncReader, length: int) -> bool:
+    while length > 0:
+        chunk = await _read_body(reader, min(length, _DISCARD_CHUNK))
+        if chunk is None:
+            return False
+        length -= len(chunk)
+    return True
+
+
+def handle_frame(body: bytes, protocol: JsonRPCProtocol) -> None:
+    """Decode one frame body and pass it to pygls, or answer the JSON-RPC error it deserves."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        _reply_error(protocol, None, PARSE_ERROR, "parse error: the message body is not valid JSON")
+        return
+    if isinstance(data, list):
+        _reply_error(protocol, None, INVALID_REQUEST, "batch requests are not supported by LSP: send one message per frame")
+        return
+    msg_id = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(msg_id, (int, str)):
+        msg_id = None
+    problem = _shape_problem(data)
+    if problem:
+        _reply_error(protocol, msg_id, INVALID_REQUEST, f"invalid request: {problem}")
+        return
+    try:
+        message = protocol.structure_message(data)
+    except JsonRpcException:
+        if msg_id is not None and "method" in data:
+            _reply_error(protocol, msg_id, INVALID_PARAMS, f"invalid params for {data['method']}: they do not match the LSP specification")
+        else:
+            log.warning("dropped a notification or response of the wrong shape: %r", body[:200])
+        return
+    try:
+        protocol.handle_message(message)
+    except Exception:  # a handler bug must not end the loop; pygls answers request errors itself
+        log.exception("failed to handle %r", body[:200])
+
+
+def _shape_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "a message must be a JSON object"
+    if data.get("jsonrpc") != "2.0":
+        return 'the "jsonrpc" member must be "2.0"'
+    if "method" in data and not isinstance(data["method"], str):
+        return 'the "method" member must be a string'
+    if "method" not in data and "id" not in data:
+        return 'a message needs a "method" (request, notification) or an "id" (response)'
+    if "id" in data and data["id"] is not None and not isinstance(data["id"], (int, str)):
+        return 'the "id" member must be a number or a string'
+    return None
+
+
+def _reply_error(protocol: JsonRPCProtocol, msg_id: int | str | None, code: int, message: str) -> None:
+    log.warning("%s", message)
+    protocol._send_response(msg_id, error=ResponseError(code=code, message=message))  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from katpilot import __version__
 from katpilot.config import Settings
 from katpilot.errors import KatpilotError
 from katpilot.gate import Decision, Segment, Text
-from katpilot.session import Response, SessionEvent, ThinkControls
+from katpilot.session import Finished, Response, SessionEvent, ThinkControls
 from lsp import generate
 from lsp.actions import (
     ACTIONS,
@@ -460,20 +460,23 @@ def controls_for(ls: KatpilotLanguageServer, think: Any) -> ThinkControls:
 
 
 async def run_question(ls: KatpilotLanguageServer, text: str, controls: ThinkControls, title: str, token: Any) -> Response:
-    """Ask on the model thread with work-done progress ("thinking…" while in think mode)."""
+    """Ask on the model thread with work-done progress ("thinking…" while in think mode).
+
+    The progress ends when the model has actually stopped, saying how (done or cancelled) and
+    after how many tokens, also when the request was cancelled before that.
+    """
     progress = Progress(ls, title, token)
     await progress.begin()
     cancel = threading.Event()
+    settings = ls.settings.base
+    job = ls.model.submit(lambda: generate.ask(ls.model.engine(settings), settings, text, controls, cancel, progress.on_event))
+    loop = asyncio.get_running_loop()
+    job.add_done_callback(lambda _done: loop.call_soon_threadsafe(progress.end))
     try:
-        settings = ls.settings.base
-        return await ls.model.run(
-            lambda: generate.ask(ls.model.engine(settings), settings, text, controls, cancel, progress.on_event)
-        )
+        return await asyncio.wrap_future(job)
     except asyncio.CancelledError:
         cancel.set()
         raise
-    finally:
-        progress.end()
 
 
 def ask_arguments(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -513,6 +516,7 @@ class Progress:
         self.token = token
         self.thinking = False
         self.answering = False
+        self.response: Response | None = None
 
     async def begin(self) -> None:
         if self.token is None and self.ls.client_supports("window", "work_done_progress"):
@@ -526,6 +530,8 @@ class Progress:
 
     def on_event(self, event: SessionEvent) -> None:
         """Called on the model thread for every session event."""
+        if isinstance(event, Finished):
+            self.response = event.response
         message = None
         if isinstance(event, Decision) and event.mode == "on" and not self.thinking:
             self.thinking, message = True, "thinking…"
@@ -538,8 +544,14 @@ class Progress:
             self.ls.loop.call_soon_threadsafe(self.ls.work_done_progress.report, self.token, report)
 
     def end(self) -> None:
-        if self.token is not None:
-            self.ls.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message="done"))
+        if self.token is None:
+            return
+        message = "stopped"
+        if self.response is not None:
+            stats = self.response.stats
+            how = "cancelled" if stats.finish_reason == "cancelled" else "done"
+            message = f"{how} after {stats.completion_tokens} tokens (think {self.response.mode})"
+        self.ls.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
 
 
 def run(settings: Settings, tcp: tuple[str, int] | None = None) -> None:

@@ -85,7 +85,7 @@ def leading_indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip(" \t"))]
 
 
-def test_file_for(source: Path, language: str, roots: list[Path]) -> Path:
+def where_tests_go(source: Path, language: str, roots: list[Path]) -> Path:
     """Where tests for `source` usually live: tests/test_x.py, x.test.ts, x_test.go, ..."""
     stem, suffix = source.stem, source.suffix
     if language == "python":

@@ -39,7 +39,7 @@ from lsp.actions import (
     question,
     reindent,
     replace_edit,
-    test_file_for,
+    where_tests_go,
 )
 from lsp.documents import OpenDocument, RequestRefused, inside, open_document, uri_to_path
 from lsp.settings import LspSettings, apply_options
@@ -436,7 +436,7 @@ async def action_edit(
 def tests_edit(ls: KatpilotLanguageServer, doc: OpenDocument, language: str, tests: str, documents_changes: bool) -> types.WorkspaceEdit:
     """Tests go to the usual test file: appended when it exists, created when the client can."""
     assert doc.path is not None
-    target = test_file_for(doc.path, language, ls.roots)
+    target = where_tests_go(doc.path, language, ls.roots)
     can_create = documents_changes and "create" in (ls.client_supports("workspace", "workspace_edit", "resource_operations") or [])
     if target != doc.path and not target.exists() and can_create and inside(target.parent, ls.roots):
         return create_file_edit(target.as_uri(), tests)

@@ -4,8 +4,9 @@ pygls' own loop logs a body that is not JSON, or a request whose params do not f
 and sends nothing back, so the client waits forever for that request. Here every frame gets what
 JSON-RPC 2.0 prescribes: Parse error (-32700, id null) for a body that is not JSON, Invalid
 Request (-32600) for JSON that is not a request, Invalid params (-32602) with the request's id for
-params of the wrong shape. Header lines that are not headers are skipped, so a client that sends
-garbage and then a proper frame is served.
+params of the wrong shape. Lines that are not headers are skipped, and so is everything after a
+header announcing more than MAX_MESSAGE_BYTES, up to the next Content-Length header: a client that
+sends garbage and then a proper frame is served.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pygls.exceptions import JsonRpcException
 from pygls.protocol import JsonRPCProtocol
 
 log = logging.getLogger(__name__)
-_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
+# Searched at the end of a line, so a header glued to the garbage before it still counts.
+_CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d+)[ \t]*$", re.I)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_DISCARD_CHUNK = 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 
 
@@ -40,8 +41,7 @@ async def serve_frames(reader: AsyncReader, protocol: JsonRPCProtocol, stop: thr
         if length is None:
             return
         if length > MAX_MESSAGE_BYTES:
-            if not await _discard(reader, length):
-                return
+            # Not read: what follows is skipped as garbage up to the next Content-Length header.
             _reply_error(protocol, None, INVALID_REQUEST, f"message of {length:,} bytes is over the {MAX_MESSAGE_BYTES:,}-byte limit")
             continue
         body = await _read_body(reader, length)
@@ -61,7 +61,7 @@ async def _read_headers(reader: AsyncReader) -> int | None:
             if length is not None:
                 return length
             continue  # a blank line before any Content-Length: nothing to read yet
-        match = _CONTENT_LENGTH.fullmatch(line.strip())
+        match = _CONTENT_LENGTH.search(line.rstrip(b"\r\n"))
         if match:
             length = int(match.group(1))
         elif b":" not in line:
@@ -74,15 +74,6 @@ async def _read_body(reader: AsyncReader, length: int) -> bytes | None:
     except Exception:  # asyncio.IncompleteReadError on sockets: the client went away mid-frame
         return None
     return body if len(body) == length else None
-
-
-async def _discard(reader: AsyncReader, length: int) -> bool:
-    while length > 0:
-        chunk = await _read_body(reader, min(length, _DISCARD_CHUNK))
-        if chunk is None:
-            return False
-        length -= len(chunk)
-    return True
 
 
 def handle_frame(body: bytes, protocol: JsonRPCProtocol) -> None:

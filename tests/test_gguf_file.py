@@ -80,6 +80,7 @@ def test_embedded_model_summary(model_path: Path) -> None:
     assert s.add_bos_token is False
     assert 130e6 < s.parameter_count < 140e6
     assert s.tags_in_vocab == frozenset()
+    assert s.fim_tokens is None  # SmolLM2 has no fill-in-the-middle tokens: completions use chat
     assert s.mtp_heads == 0
     assert s.tensor_count == 272
     assert s.metadata["tokenizer.ggml.tokens"] == "[STRING x 49152]"
@@ -265,6 +266,7 @@ def write_tiny(
     extra: dict[str, int] | None = None,
     alignment: int | None = None,
     endianess: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
+    tokens: list[str] = TINY_TOKENS,
 ) -> Path:
     """A small but complete llama-architecture GGUF."""
     w = gguf.GGUFWriter(path, "llama", endianess=endianess)
@@ -276,7 +278,7 @@ def write_tiny(
     if alignment:
         w.add_custom_alignment(alignment)
     w.add_tokenizer_model("gpt2")
-    w.add_token_list(TINY_TOKENS)
+    w.add_token_list(tokens)
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     if chat_template is not None:
@@ -285,7 +287,7 @@ def write_tiny(
         w.add_uint32(key, value)
     if tensors is None:
         tensors = {
-            "token_embd.weight": np.ones((len(TINY_TOKENS), 8), np.float32),
+            "token_embd.weight": np.ones((len(tokens), 8), np.float32),
             "blk.0.attn_norm.weight": np.ones(8, np.float32),
             "output_norm.weight": np.ones(7, np.float32),  # odd size: exercises padding
         }
@@ -307,6 +309,16 @@ def test_tiny_model_tags_in_vocab(tmp_path: Path) -> None:
     assert s.parameter_count == len(TINY_TOKENS) * 8 + 8 + 7
     assert s.tensor_count == 3
     require_chat_template(s)
+
+
+def test_fim_tokens_from_the_tokenizer_ids_or_a_known_triple(tmp_path: Path) -> None:
+    ids = {"tokenizer.ggml.fim_pre_token_id": 4, "tokenizer.ggml.fim_suf_token_id": 5, "tokenizer.ggml.fim_mid_token_id": 0}
+    assert read_gguf(write_tiny(tmp_path / "ids.gguf", extra=ids)).fim_tokens == ("hello", "world", "<s>")
+    qwen = [*TINY_TOKENS, "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+    s = read_gguf(write_tiny(tmp_path / "qwen.gguf", tokens=qwen))
+    assert s.fim_tokens == ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    half = [*TINY_TOKENS, "<fim_prefix>", "<fim_suffix>"]  # no middle token: not a FIM model
+    assert read_gguf(write_tiny(tmp_path / "half.gguf", tokens=half)).fim_tokens is None
 
 
 def test_require_chat_template(tmp_path: Path) -> None:

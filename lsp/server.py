@@ -354,7 +354,7 @@ def completion_job(ls: KatpilotLanguageServer, doc: OpenDocument, offset: int, s
     """On the model thread: repository context, prompt, generation."""
     if cancel.is_set():
         return ""
-    engine = ls.model.engine(settings.base)
+    engine = ls.model.engine(settings.completion_settings(), "completion")
     repo_context: list[str] = []
     if doc.path is not None and ls.index is not None:
         row, _column = doc.byte_column(offset)
@@ -554,9 +554,18 @@ class Progress:
         self.ls.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
 
 
+class _QuietRefusals(logging.Filter):
+    """pygls logs every error response with a traceback; a refusal we chose is not a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (JsonRpcInvalidParams, JsonRpcContentModified, RequestRefused))
+
+
 def run(settings: Settings, tcp: tuple[str, int] | None = None) -> None:
     """Serve over stdio, or over TCP when `tcp` is given."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="katpilot lsp: %(message)s")
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(_QuietRefusals())
     server = build_server(settings)
     if tcp is None:
         server.start_io()

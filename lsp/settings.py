@@ -33,6 +33,14 @@ class LspSettings:
     debounce_ms: int = LSP_ONLY["debounce_ms"][0]
     completion_max_tokens: int = LSP_ONLY["completion_max_tokens"][0]
     max_file_bytes: int = LSP_ONLY["max_file_bytes"][0]
+    # A second model for inline completion (a FIM-capable code model); None = the main model.
+    completion_model: str | None = None
+
+    def completion_settings(self) -> Settings:
+        """The settings the completion engine loads: the main ones with the completion model."""
+        if self.completion_model is None:
+            return self.base
+        return replace(self.base, model=self.completion_model)
 
 
 def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list[str], bool]:
@@ -46,10 +54,15 @@ def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list
     if isinstance(options.get("katpilot"), Mapping):
         options = options["katpilot"]
     base_changes: dict[str, Any] = {}
-    own_changes: dict[str, int] = {}
+    own_changes: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in options.items():
-        if key in LSP_ONLY:
+        if key == "completion_model":
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                problems.append(f"setting completion_model must be a model (path, [models] name or server URL) or null, got {value!r}")
+            else:
+                own_changes[key] = value or None
+        elif key in LSP_ONLY:
             _default, minimum, _text = LSP_ONLY[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(f"setting {key} must be an integer >= {minimum}, got {value!r}")

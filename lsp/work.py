@@ -31,28 +31,34 @@ FIRST_BUILD_WAIT_S = 10.0
 
 
 class ModelWork:
-    """The one engine of the server, loaded on first use and again when the model settings change."""
+    """The server's engines, loaded on first use and again when the model settings change.
+
+    Usually one engine serves everything; a configured `completion_model` gets a second one.
+    """
 
     def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="katpilot-model")
-        self._engine: Engine | None = None
-        self._loaded_for: tuple[object, ...] | None = None
+        self._engines: dict[str, tuple[tuple[object, ...], Engine]] = {}  # role -> (settings key, engine)
 
-    def engine(self, settings: Settings) -> Engine:
-        """The engine for these settings (call on the model thread)."""
+    def engine(self, settings: Settings, role: str = "main") -> Engine:
+        """The engine for these settings (call on the model thread); `role` keeps two apart."""
         from katpilot.models import load_engine
 
         key = (settings.model, settings.n_ctx, settings.n_threads, settings.api_key, settings.remote_gguf, tuple(settings.models.items()))
-        if self._engine is None or key != self._loaded_for:
-            self.unload()
-            self._engine = load_engine(settings)
-            self._loaded_for = key
-        return self._engine
+        for loaded_key, engine in self._engines.values():
+            if loaded_key == key:
+                return engine  # the completion model is the main model: share it
+        loaded = self._engines.get(role)
+        if loaded is not None:
+            loaded[1].close()
+        engine = load_engine(settings)
+        self._engines[role] = (key, engine)
+        return engine
 
     def unload(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        for _key, engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
 
     async def run(self, job: Callable[..., T], *args: object) -> T:
         """Run `job(*args)` on the model thread and await its result."""

@@ -240,3 +240,17 @@ def test_edits_never_touch_files_outside_the_workspace(client: Client, tmp_path:
     error = error_of(lambda: client.request(types.CODE_ACTION_RESOLVE, forged))
     assert "outside the workspace" in error.message
     assert outside.read_text() == CALC_PY
+
+
+def test_a_completion_model_of_its_own_is_loaded_for_completions_only(client: Client, tmp_path: Path) -> None:
+    missing = tmp_path / "coder.gguf"
+    client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": str(missing)}))
+    try:
+        uri, _ = open_copy(client)
+        error = error_of(lambda: client.inline(uri, 12, 4))
+        assert error.code == -32803 and str(missing) in error.message
+        result = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": "Hi?"}]))
+        assert result["answer"]  # questions still use the main model
+    finally:
+        client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": None}))
+    assert client.inline(uri, 12, 4).items

@@ -144,6 +144,10 @@ def test_options_apply_with_the_config_rules() -> None:
     assert any("budget" in p and ">= 1" in p for p in problems)
     assert any("'colour'" in p for p in problems)
     assert apply_options(current, None) == (current, [], False)
+    coder, problems, _ = apply_options(current, {"completion_model": "coder"})
+    assert problems == [] and coder.completion_settings().model == "coder" and coder.base.model is None
+    assert current.completion_settings() is current.base
+    assert apply_options(current, {"completion_model": 3})[1][0].startswith("setting completion_model must be")
     assert apply_options(current, [1])[1] == ["settings must be an object, got list"]
 
 

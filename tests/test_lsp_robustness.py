@@ -123,3 +123,35 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
     result = server.response(9)["result"]
     assert len(result["items"]) == 1 and result["items"][0]["insertText"].strip()
     assert server.proc.poll() is None
+
+
+def test_tcp_listens_on_loopback_and_serves_a_client(tmp_path: Path) -> None:
+    import re
+    import socket
+
+    env = {**os.environ, "KATPILOT_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "katpilot", "lsp", "--tcp", "0"], stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        match = re.search(r"listening on (127\.0\.0\.1):(\d+)", line)
+        assert match, line
+        with socket.create_connection((match.group(1), int(match.group(2))), timeout=TIMEOUT_S) as sock:
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+            sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            reply = b""
+            while b"capabilities" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+            assert b'"id": 1' in reply or b'"id":1' in reply
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_bad_tcp_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {**os.environ, "KATPILOT_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "katpilot", "lsp", "--tcp", "localhost:http"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "[HOST:]PORT" in result.stderr

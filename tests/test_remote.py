@@ -441,3 +441,35 @@ def test_session_through_remote_new_session(llama_server: LlamaServer, monkeypat
     settings = load_settings().settings
     response = new_session(load_engine(settings), settings).ask("What is 2+2?", ThinkControls(think="off"))
     assert response.answer and response.decided_by == "user"
+
+
+def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServer, engine: Engine, tmp_path: Path) -> None:
+    """`katpilot lsp --model openai+http://...`: the same completion as the local engine gives."""
+    import threading
+
+    from lsprotocol import types
+
+    from katpilot.config import load_settings
+    from lsp import generate
+    from lsp_helpers import CALC_PY, Client
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "calc.py").write_text(CALC_PY)
+    home = tmp_path / "home"
+    home.mkdir()
+    options = {"model": llama_server.spec, "n_ctx": 2048, "debounce_ms": 0, "completion_max_tokens": 24, "max_tokens": 32, "think": "off"}
+    client = Client(root, home, init_options=options, env={"KATPILOT_API_KEY": KEY})
+    try:
+        uri = client.open(root / "scratch.py", "def square(x):\n    ")
+        result = client.inline(uri, 1, 4)
+        answer = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": QUESTION}]))
+    finally:
+        assert client.close() == 0, client.server_log()
+    settings = load_settings({"n_ctx": 2048}).settings
+    ctx = generate.cursor_context(engine, "def square(x):\n    ", 19, "scratch.py", "python", [], 24)
+    local = generate.complete(engine, settings, ctx, generate.completion_sampling(settings, 24), threading.Event())
+    assert result.items and result.items[0].insert_text == local
+    assert answer["model"] == RemoteEngine(llama_server.spec, api_key=KEY, n_ctx=2048).info.name  # the server's model answered
+    assert answer["answer"].strip()
+    assert "no repository context" not in " ".join(m.message for m in client.messages)

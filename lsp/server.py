@@ -74,6 +74,7 @@ class KatpilotLanguageServer(LanguageServer):
         self.index: WorkspaceIndex | None = None
         self.roots: list[Path] = []
         self.pending: dict[str, threading.Event] = {}  # document URI -> cancel of its newest completion
+        self.running: set[threading.Event] = set()  # cancel events of questions and actions under way
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- transport: pygls' server with our frame loop -----------------------------------------------
@@ -118,7 +119,7 @@ class KatpilotLanguageServer(LanguageServer):
             self.stop()
 
     def stop(self) -> None:
-        for cancel in self.pending.values():
+        for cancel in [*self.pending.values(), *self.running]:
             cancel.set()
         self.model.shutdown()
         if self.index is not None:
@@ -209,7 +210,7 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
 
     @ls.feature(types.SHUTDOWN)
     def shutdown(ls: KatpilotLanguageServer, params: None) -> None:
-        for cancel in ls.pending.values():
+        for cancel in [*ls.pending.values(), *ls.running]:
             cancel.set()
 
     # -- completion --------------------------------------------------------------------------------
@@ -380,19 +381,27 @@ def relative_label(ls: KatpilotLanguageServer, doc: OpenDocument) -> str:
 
 
 async def target_lines(ls: KatpilotLanguageServer, doc: OpenDocument, selection: types.Range) -> tuple[int, int] | None:
-    """The lines an action works on: the selected lines, else the enclosing definition's."""
+    """The lines an action works on: the selected lines, else the enclosing definition's.
+
+    A selection spanning lines (or one whole line) is taken as it is; a cursor or a selection
+    within one line means the definition around it, or that line when there is none.
+    """
     start, end = doc.offset(selection.start), doc.offset(selection.end)
     first_row = doc.text.count("\n", 0, start)
-    if end > start:
-        last_row = doc.text.count("\n", 0, end)
-        if selection.end.character == 0 and last_row > first_row:
-            last_row -= 1  # a selection of whole lines ends at the start of the next one
+    last_row = doc.text.count("\n", 0, end)
+    if selection.end.character == 0 and last_row > first_row:
+        last_row -= 1  # a selection of whole lines ends at the start of the next one
+    one_whole_line = selection.start.character == 0 and end > start and doc.text[end : end + 1] in ("\n", "")
+    if "\n" in doc.text[start:end] or one_whole_line:
         return first_row, last_row
-    if doc.path is None or ls.index is None:
-        return None
-    row, column = doc.byte_column(start)
-    found = await asyncio.to_thread(ls.index.enclosing_definition, doc.path, row, column, doc.text)
-    return (found.start[0], found.end[0]) if found else None
+    # A cursor, or a selection inside one line (Helix always selects a character): the function.
+    found = None
+    if doc.path is not None and ls.index is not None:
+        row, column = doc.byte_column(start)
+        found = await asyncio.to_thread(ls.index.enclosing_definition, doc.path, row, column, doc.text)
+    if found is not None:
+        return found.start[0], found.end[0]
+    return (first_row, first_row) if end > start else None
 
 
 def action_target(ls: KatpilotLanguageServer, data: Any) -> tuple[ActionSpec, OpenDocument, int, int]:
@@ -468,15 +477,35 @@ async def run_question(ls: KatpilotLanguageServer, text: str, controls: ThinkCon
     progress = Progress(ls, title, token)
     await progress.begin()
     cancel = threading.Event()
+    follow_cancellation(ls, cancel)
+    ls.running.add(cancel)
     settings = ls.settings.base
     job = ls.model.submit(lambda: generate.ask(ls.model.engine(settings), settings, text, controls, cancel, progress.on_event))
     loop = asyncio.get_running_loop()
-    job.add_done_callback(lambda _done: loop.call_soon_threadsafe(progress.end))
+
+    def finished(_job: object) -> None:
+        ls.running.discard(cancel)
+        if not loop.is_closed():  # the server may be shutting down
+            loop.call_soon_threadsafe(progress.end)
+
+    job.add_done_callback(finished)
     try:
         return await asyncio.wrap_future(job)
     except asyncio.CancelledError:
         cancel.set()
         raise
+
+
+def follow_cancellation(ls: KatpilotLanguageServer, cancel: threading.Event) -> None:
+    """Set `cancel` when the client cancels the request being handled.
+
+    pygls runs `workspace/executeCommand` handlers as an inner task under an id of its own, so a
+    `$/cancelRequest` cancels only the outer request's future, never reaching the handler; watch
+    that future too.
+    """
+    outer = ls.protocol._request_futures.get(ls.protocol.msg_id)  # type: ignore[arg-type]
+    if outer is not None:
+        outer.add_done_callback(lambda future: cancel.set() if future.cancelled() else None)
 
 
 def ask_arguments(args: tuple[Any, ...]) -> dict[str, Any]:

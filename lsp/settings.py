@@ -2,7 +2,8 @@
 
 They start from the resolved config (file, environment, `katpilot lsp` flags) and are updated by
 the client's `initializationOptions` and `workspace/didChangeConfiguration`. Either may nest them
-under a "katpilot" key. Any katpilot setting is accepted (model, think, threshold, budget,
+under a "katpilot" key; without one, objects beside our keys are taken for other servers' sections
+(editors such as Eglot send one settings object to every server) and left alone. Any katpilot setting is accepted (model, think, threshold, budget,
 max_tokens, temperature, ...), checked by the same rules as the config file; a bad value is
 reported and ignored, the rest still applies.
 """
@@ -51,7 +52,8 @@ def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list
     """
     if not isinstance(options, Mapping):
         return current, ([] if options is None else [f"settings must be an object, got {type(options).__name__}"]), False
-    if isinstance(options.get("katpilot"), Mapping):
+    nested = isinstance(options.get("katpilot"), Mapping)
+    if nested:
         options = options["katpilot"]
     base_changes: dict[str, Any] = {}
     own_changes: dict[str, Any] = {}
@@ -74,7 +76,7 @@ def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list
                 problems.append(f"setting {key} {problem}")
             else:
                 base_changes[key] = checked
-        else:
+        elif nested or not isinstance(value, Mapping):  # flat: objects are other servers' sections
             problems.append(f"unknown setting {key!r}: see the editor guide (docs/lsp.md) for the list")
     reload = any(key in RELOAD_KEYS and getattr(current.base, key) != value for key, value in base_changes.items())
     updated = replace(current, base=replace(current.base, **base_changes), **own_changes)

@@ -45,18 +45,18 @@ class ModelWork:
         from katpilot.models import load_engine
 
         key = (settings.model, settings.n_ctx, settings.n_threads, settings.api_key, settings.remote_gguf, tuple(settings.models.items()))
-        for loaded_key, engine in self._engines.values():
-            if loaded_key == key:
-                return engine  # the completion model is the main model: share it
-        loaded = self._engines.get(role)
-        if loaded is not None:
-            loaded[1].close()
-        engine = load_engine(settings)
+        current = self._engines.get(role)
+        if current is not None and current[0] == key:
+            return current[1]
+        shared = next((engine for loaded_key, engine in self._engines.values() if loaded_key == key), None)
+        engine = shared or load_engine(settings)  # the completion model may be the main model
         self._engines[role] = (key, engine)
+        if current is not None and all(other is not current[1] for _, other in self._engines.values()):
+            current[1].close()  # the replaced engine serves no other role
         return engine
 
     def unload(self) -> None:
-        for _key, engine in self._engines.values():
+        for engine in {id(e): e for _key, e in self._engines.values()}.values():
             engine.close()
         self._engines.clear()
 

@@ -173,6 +173,41 @@ def test_cancel_request_stops_the_generation(client: Client) -> None:
     assert client.inline(uri, 12, 4).items is not None
 
 
+def test_cancelling_a_command_stops_its_generation(client: Client) -> None:
+    """pygls runs commands as an inner task; the client's cancel must still reach the model."""
+    client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 1500}}))
+    try:
+        client.progress.clear()
+        msg_id = str(uuid.uuid4())
+        ask = types.ExecuteCommandParams("katpilot.ask", [{"question": "Write a long story about a lighthouse keeper."}])
+        future = client.send(types.WORKSPACE_EXECUTE_COMMAND, ask, msg_id=msg_id)
+        deadline = time.monotonic() + 60
+        while not any(v.get("message") == "answering…" for v in client.progress) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        with pytest.raises(JsonRpcException) as info:
+            future.result(timeout=60)
+        assert info.value.code == -32800
+        while not any(v.get("kind") == "end" for v in client.progress) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        end = next(v for v in client.progress if v.get("kind") == "end")
+        assert end["message"].startswith("cancelled after "), end
+    finally:
+        client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 64}}))
+
+
+def test_a_selection_inside_one_line_means_the_enclosing_function(client: Client) -> None:
+    uri, _ = open_copy(client)
+    within_line = types.Range(types.Position(6, 4), types.Position(6, 9))  # Helix selects a character at least
+    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), within_line, types.CodeActionContext(diagnostics=[]))
+    fix = next(a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Fix")
+    assert (fix.data["first"], fix.data["last"]) == (4, 8)
+    whole_line = types.Range(types.Position(6, 0), types.Position(7, 0))
+    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), whole_line, types.CodeActionContext(diagnostics=[]))
+    fix = next(a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Fix")
+    assert (fix.data["first"], fix.data["last"]) == (6, 6)
+
+
 def test_a_newer_completion_drops_the_older_one(client: Client) -> None:
     uri, _ = open_copy(client)
     client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"debounce_ms": 400}))

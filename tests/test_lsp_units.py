@@ -144,6 +144,10 @@ def test_options_apply_with_the_config_rules() -> None:
     assert any("budget" in p and ">= 1" in p for p in problems)
     assert any("'colour'" in p for p in problems)
     assert apply_options(current, None) == (current, [], False)
+    # Eglot sends one settings object to every server: other servers' sections are not ours.
+    shared, problems, _ = apply_options(current, {"pylsp": {"plugins": {}}, "think": "on"})
+    assert problems == [] and shared.base.think == "on"
+    assert apply_options(current, {"katpilot": {"pylsp": {}}})[1] == ["unknown setting 'pylsp': see the editor guide (docs/lsp.md) for the list"]
     coder, problems, _ = apply_options(current, {"completion_model": "coder"})
     assert problems == [] and coder.completion_settings().model == "coder" and coder.base.model is None
     assert current.completion_settings() is current.base

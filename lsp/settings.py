@@ -23,7 +23,7 @@ LSP_ONLY: dict[str, tuple[int, int, str]] = {
     "max_file_bytes": (1_000_000, 1, "documents larger than this are refused, with a message"),
 }
 # Settings whose change needs the model loaded again.
-RELOAD_KEYS = frozenset({"model", "profile", "n_ctx", "n_threads", "api_key", "remote_gguf", "models"})
+RELOAD_KEYS = frozenset({"model", "n_ctx", "n_threads", "api_key", "remote_gguf", "models"})
 
 
 @dataclass(frozen=True)

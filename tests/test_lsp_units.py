@@ -185,3 +185,24 @@ def test_fix_questions_include_the_editor_diagnostics() -> None:
     text = question(ACTIONS["fix"], "x = 1/0", "python", "a.py", ["division by zero"])
     assert "division by zero" in text and "```python\nx = 1/0\n```" in text
     assert "division by zero" not in question(ACTIONS["explain"], "x", "python", "a.py", ["division by zero"])
+
+
+# -- repository context ----------------------------------------------------------------------------
+
+
+def test_completions_get_the_definitions_used_near_the_cursor(tmp_path: Path) -> None:
+    from lsp.work import WorkspaceIndex, describe_definition
+
+    (tmp_path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    editor_text = "from calc import add\n\n\ndef total(xs):\n    s = 0\n    for x in xs:\n        s = add(s, x)\n    "
+    told: list[str] = []
+    index = WorkspaceIndex(tmp_path.resolve(), told.append)
+    assert index.definitions_near(tmp_path / "shapes.py", 6, editor_text) == []  # not built yet: no waiting
+    index.start()
+    assert index.settled.wait(30) and index.ready.is_set() and told == []
+    near = [describe_definition(d) for d in index.definitions_near(tmp_path / "shapes.py", 7, editor_text)]
+    assert "calc.py:1: def add(a, b):" in near
+    assert index.definitions_near(tmp_path.parent / "elsewhere.py", 7, editor_text) == []  # outside the root
+    found = index.enclosing_definition(tmp_path / "shapes.py", 6, 8, editor_text)
+    assert found is not None and found.name == "total"
+    index.shutdown()

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from katpilot import gate
 from katpilot.chat_template import Message, render
+from katpilot.config import check_value
 from katpilot.engine.base import Engine, SamplingParams, StreamStats
 from katpilot.errors import ContextOverflowError, KatpilotError
 from katpilot.gate import Decision, End, ModeGate, Segment, Text
@@ -42,12 +43,12 @@ class ThinkControls:
     threshold: float = 0.5  # think=auto: think when p(on) >= threshold
 
     def __post_init__(self) -> None:
-        if self.think not in ("auto", "on", "off"):
-            raise KatpilotError(f"think must be auto, on or off, not '{self.think}'", "use --think auto|on|off")
-        if self.budget is not None and self.budget < 1:
-            raise KatpilotError(f"the think budget must be at least 1 token, not {self.budget}", "use --budget N with N >= 1")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise KatpilotError(f"the threshold must lie in [0, 1], not {self.threshold}", "use --threshold P with 0 <= P <= 1")
+        """The config file's rules for these settings, so every front end refuses the same values."""
+        for name in ("think", "budget", "threshold"):
+            value, problem = check_value(name, getattr(self, name))
+            if problem:
+                raise KatpilotError(f"{name} {problem}", f"see `katpilot config show` for the {name} setting")
+            object.__setattr__(self, name, value)  # normalised: "0.3" -> 0.3, 1 -> 1.0
 
 
 @dataclass(frozen=True)

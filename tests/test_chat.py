@@ -137,6 +137,9 @@ def test_errors_show_inline(tmp_path: Path) -> None:
             assert any("missing.gguf" in n and "error" in n for n in notices)  # the missing model
             app.run_command("/think maybe")
             await pilot.pause(0.1)
-            assert "auto, on or off" in str(app.query(Notice).last().render())
+            assert "think must be one of 'auto', 'on', 'off'" in str(app.query(Notice).last().render())
+            app.run_command("/budget 0")  # the config file's rule, as for --budget and KATPILOT_BUDGET
+            await pilot.pause(0.1)
+            assert "budget = 0 is out of range (must be >= 1)" in str(app.query(Notice).last().render())
     asyncio.run(run())
     assert list(tmp_path.glob("history.sqlite.unreadable-*"))

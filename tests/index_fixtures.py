@@ -298,6 +298,81 @@ pub fn harmless() -> u32 { 1 }
 }
 
 
+# Python definitions in every place a statement can be: the index walks statements for Python
+# instead of running the query, and must find the same things.
+PYTHON_NESTING = """\
+import functools
+
+
+@functools.cache
+def decorated(x):
+    \'\'\'Decorated.
+
+    Second paragraph.\'\'\'
+    def inner():
+        class InFunction:
+            def method(self): pass
+        return InFunction
+    return inner
+
+
+async def coroutine():
+    async with lock:
+        def in_with(): pass
+    async for item in items:
+        def in_for(): pass
+
+
+class Outer(Base, metaclass=Meta):
+    r\'\'\'Raw docstring.\'\'\'
+
+    class Inner:
+        @property
+        def prop(self) -> int:
+            return 1
+
+    if TYPE_CHECKING:
+        def in_if(self): ...
+    elif OTHER:
+        def in_elif(self): ...
+    else:
+        def in_else(self): ...
+
+    try:
+        def in_try(self): pass
+    except ImportError:
+        def in_except(self): pass
+    else:
+        def in_try_else(self): pass
+    finally:
+        def in_finally(self): pass
+    try:
+        pass
+    except* ValueError:
+        def in_except_group(self): pass
+
+
+while condition:
+    def in_while(): pass
+else:
+    def in_while_else(): pass
+
+match command:
+    case "go":
+        def in_case(): pass
+
+def \\
+    continued(a,
+              b):  # a signature over lines
+    "Single-quoted docstring."
+    default = "def not_a_definition(): class"
+    return lambda: default
+
+
+def  spaced  ( a ) :\tpass
+"""
+
+
 def write_repo(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         path = root / rel

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from katpilot.errors import KatpilotError
-from katpilot.index import RepoIndex, indexer
+from katpilot.index import RepoIndex, indexer, parse
+from katpilot.index.lexical import count_words, unpack
 from katpilot.index.rank import estimate_tokens
 from katpilot.index.secrets import WITHHELD_MARKER, redact
-from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, SECRET_REPO, write_repo
+from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, PYTHON_NESTING, SECRET_REPO, write_repo
 
 
 @pytest.fixture()
@@ -115,7 +118,32 @@ def test_cpp_definitions(lang_index: RepoIndex) -> None:
     assert ("use_matrix", "function", "") in source
 
 
+def test_python_walk_finds_what_the_query_finds() -> None:
+    source = PYTHON_NESTING.encode()
+    tree = parse.parse_tree("python", source)
+    assert not tree.root_node.has_error  # else the query would be used anyway
+    walked = parse.definition_rows("python", source, tree)
+    queried = parse._queried_rows("python", source, tree.root_node)
+    assert walked == queried
+    names = {row[0] for row in walked}
+    assert {"in_case", "in_except_group", "in_while_else", "InFunction", "prop", "continued", "spaced"} <= names
+    assert "not_a_definition" not in names
+    rows = {row[0]: row for row in walked}
+    assert rows["method"][1:3] == ("method", "InFunction")
+    assert rows["in_if"][1:3] == ("method", "Outer")
+    assert rows["decorated"][8] == "Decorated."
+    assert rows["Outer"][8] == "Raw docstring."
+    assert rows["continued"][7] == "def \\ continued(a, b): # a signature over lines"
+
+
 # -- references and lookups ----------------------------------------------------------------------
+
+
+def test_word_counts_are_those_of_the_identifier_pattern() -> None:
+    text = "x1 = 0x1F + 42 * _y2; é_name αβ snake_case9 __dunder__\n# comment x1 x1 1e10\n"
+    expected = Counter(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    assert unpack(*count_words(text.encode())) == expected
+    assert unpack(*count_words(b"")) == {}
 
 
 @pytest.mark.parametrize(
@@ -297,6 +325,8 @@ def test_secrets_in_unsaved_editor_text_are_withheld(tmp_path: Path) -> None:
         "url = 'postgres://admin:s3cretpass@db:5432/x'",
         'slack = "xoxb-1234567890-abcdefghij"',
         "jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV'",
+        "$db = ['password' => 'hunter2hunter2'];",
+        'apiKey := "abcdefgh12345"',
     ],
 )
 def test_secret_line_patterns(line: str) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import tree_sitter as ts
 
@@ -26,18 +26,12 @@ from katpilot.index.languages import (
 MAX_SIGNATURE_CHARS = 200
 MAX_DOC_CHARS = 300
 
-# Identifier-like tokens for the reference graph: counted lexically over the (redacted) text,
-# which is several times faster than walking every identifier node and, for ranking, nearly the
-# same thing (the difference is names mentioned in comments and strings). Exact references at a
-# position come from the tree (`references_in`).
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 
 class Definition(NamedTuple):
     """A function, method, class (or struct, interface, ...) defined in a file.
 
-    A named tuple rather than a dataclass: tens of thousands cross from worker processes and
-    into SQLite, and tuples pickle several times faster.
+    A named tuple rather than a dataclass: the cache loads tens of thousands at once, and tuples
+    are cheaper to make.
     """
 
     path: str  # relative to the repository root, with forward slashes
@@ -66,12 +60,6 @@ class Reference:
     column: int
 
 
-@dataclass
-class ParsedSource:
-    definitions: list[Definition]
-    reference_counts: Counter[str]
-
-
 _parsers: dict[str, ts.Parser] = {}
 
 
@@ -82,18 +70,40 @@ def parse_tree(language: str, source: bytes) -> ts.Tree:
     return parser.parse(source)
 
 
-def parse_source(language: str, path: str, text: str) -> ParsedSource:
-    """Definitions (from the tree) and reference counts (lexical) of one file's text."""
-    source = text.encode("utf-8")
-    tree = parse_tree(language, source)
-    return ParsedSource(extract_definitions(language, path, source, tree), Counter(_IDENT.findall(text)))
+# A definition as the cache keeps it, in a file's JSON array: name, kind, parent, start row and
+# column, end row and column, signature, docstring. Extraction builds these directly (a cold index
+# turns tens of thousands of them into JSON); Definitions are made when someone asks.
+Row = tuple[str, str, str, int, int, int, int, str, str]
 
 
 def extract_definitions(language: str, path: str, source: bytes, tree: ts.Tree) -> list[Definition]:
     """Every definition of the tree, ordered by position, each knowing its enclosing class."""
+    return definitions_from_rows(path, definition_rows(language, source, tree))
+
+
+def definition_rows(language: str, source: bytes, tree: ts.Tree) -> list[Row]:
+    """`extract_definitions`, as rows."""
+    root = tree.root_node
+    if language == "python" and not root.has_error:
+        rows: list[Row] = []
+        _python_rows(source, root, "", "", rows)
+        return rows
+    return _queried_rows(language, source, root)
+
+
+def definitions_from_rows(path: str, rows: Iterable[Sequence[Any]]) -> list[Definition]:
+    """A file's Definitions from its rows (tuples, or lists as JSON gives them back)."""
+    return [
+        Definition(path, name, kind, parent, (start_row, start_col), (end_row, end_col), signature, doc)
+        for name, kind, parent, start_row, start_col, end_row, end_col, signature, doc in rows
+    ]
+
+
+def _queried_rows(language: str, source: bytes, root: ts.Node) -> list[Row]:
+    """The definitions the language's query finds; the enclosing one from the nesting of ranges."""
     found: list[tuple[ts.Node, str, str]] = []  # (node, kind, name)
     cursor = ts.QueryCursor(definitions_query(language))
-    for _pattern, captures in cursor.matches(tree.root_node):
+    for _pattern, captures in cursor.matches(root):
         kind, nodes = next((k, v) for k, v in captures.items() if k != "name")
         node = nodes[0]
         name_nodes = captures.get("name")
@@ -103,9 +113,8 @@ def extract_definitions(language: str, path: str, source: bytes, tree: ts.Tree) 
         found.append((node, _refine_kind(language, kind, node), name))
     found.sort(key=lambda item: (item[0].start_byte, -item[0].end_byte))
 
-    definitions: list[Definition] = []
+    rows: list[Row] = []
     stack: list[tuple[int, str, str]] = []  # enclosing (end_byte, kind, name)
-    comment_types = LANGUAGES[language].comments
     for node, kind, name in found:
         while stack and stack[-1][0] <= node.start_byte:
             stack.pop()
@@ -121,19 +130,67 @@ def extract_definitions(language: str, path: str, source: bytes, tree: ts.Tree) 
         stack.append((node.end_byte, kind, name))
         if kind in CONTAINER_KINDS:
             continue
-        definitions.append(
-            Definition(
-                path=path,
-                name=name,
-                kind=kind,
-                parent=parent,
-                start=(node.start_point[0], node.start_point[1]),
-                end=(node.end_point[0], node.end_point[1]),
-                signature=_signature(node, source),
-                doc=_docstring(language, node, source, comment_types),
+        rows.append(
+            (
+                name, kind, parent, *node.start_point, *node.end_point,
+                _signature(node, source), _docstring(language, node, source),
             )
         )
-    return definitions
+    return rows
+
+
+# Python node types: the kind of definition, or "" for a statement that holds statements. In a
+# tree without syntax errors a definition can only be a statement, so walking these (and skipping
+# expressions, most of a tree) finds them all.
+_PYTHON_ROLES = {
+    "function_definition": "function", "class_definition": "class",
+    **dict.fromkeys(
+        (
+            "block", "decorated_definition", "if_statement", "elif_clause", "else_clause", "for_statement",
+            "while_statement", "try_statement", "except_clause", "except_group_clause", "finally_clause",
+            "with_statement", "match_statement", "case_clause",
+        ),
+        "",
+    ),
+}
+
+
+def _python_rows(source: bytes, node: ts.Node, parent_kind: str, parent: str, rows: list[Row]) -> None:
+    """Python's definitions under a statement, in order; what the query finds, several times faster.
+
+    The query visits every node of the tree; this visits statements only, and only those whose
+    text holds `def` or `class` (a keyword every definition starts with). Trees with syntax errors
+    take the query: error recovery can leave a definition anywhere.
+    """
+    for child in node.named_children:
+        kind = _PYTHON_ROLES.get(child.type)
+        if kind is None:
+            continue
+        if not kind:  # a statement that holds statements
+            if _may_define(source, child):
+                _python_rows(source, child, parent_kind, parent, rows)
+            continue
+        name_node = child.child_by_field_name("name")
+        name = source[name_node.start_byte : name_node.end_byte].decode("utf-8", "replace")
+        if kind == "function" and parent_kind == "class":
+            kind = "method"
+        body = child.child_by_field_name("body")
+        start, body_start = child.start_byte, body.start_byte
+        head_end = body_start if body_start > start else child.end_byte
+        rows.append(
+            (
+                name, kind, parent, *child.start_point, *child.end_point,
+                _head(source, start, head_end), _python_docstring(body, source),
+            )
+        )
+        if _may_define(source, body):
+            _python_rows(source, body, kind, name, rows)
+
+
+def _may_define(source: bytes, node: ts.Node) -> bool:
+    """Whether a node's text holds `def` or `class` (a fast scan of the bytes)."""
+    start, end = node.start_byte, node.end_byte
+    return source.find(b"def", start, end) >= 0 or source.find(b"class", start, end) >= 0
 
 
 def references_in(language: str, source: bytes, first_row: int, last_row: int) -> list[Reference]:
@@ -149,20 +206,13 @@ def references_in(language: str, source: bytes, first_row: int, last_row: int) -
     return refs
 
 
-def definitions_to_json(definitions: list[Definition]) -> str:
+def rows_to_json(rows: list[Row]) -> str:
     """A file's definitions as the index cache keeps them (the path is the row's)."""
-    return json.dumps(
-        [[d.name, d.kind, d.parent, *d.start, *d.end, d.signature, d.doc] for d in definitions],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 
 def definitions_from_json(path: str, blob: str) -> list[Definition]:
-    return [
-        Definition(path, name, kind, parent, (start_row, start_col), (end_row, end_col), signature, doc)
-        for name, kind, parent, start_row, start_col, end_row, end_col, signature, doc in json.loads(blob)
-    ]
+    return definitions_from_rows(path, json.loads(blob))
 
 
 # -- details ---------------------------------------------------------------------------------------
@@ -216,7 +266,12 @@ def _signature(node: ts.Node, source: bytes) -> str:
         value = node.child_by_field_name("value")
         body = value.child_by_field_name("body") if value is not None else None
     end = body.start_byte if body is not None and body.start_byte > node.start_byte else node.end_byte
-    head = source[node.start_byte : min(end, node.start_byte + 4 * MAX_SIGNATURE_CHARS)]
+    return _head(source, node.start_byte, end)
+
+
+def _head(source: bytes, start: int, end: int) -> str:
+    """A definition's head (from its start to its body's start) on one line, shortened."""
+    head = source[start : min(end, start + 4 * MAX_SIGNATURE_CHARS)]
     text = " ".join(head.decode("utf-8", "replace").split())
     text = text.rstrip("{").rstrip()
     if len(text) > MAX_SIGNATURE_CHARS:
@@ -224,9 +279,10 @@ def _signature(node: ts.Node, source: bytes) -> str:
     return text
 
 
-def _docstring(language: str, node: ts.Node, source: bytes, comment_types: tuple[str, ...]) -> str:
+def _docstring(language: str, node: ts.Node, source: bytes) -> str:
     if language == "python":
-        return _python_docstring(node, source)
+        return _python_docstring(node.child_by_field_name("body"), source)
+    comment_types = LANGUAGES[language].comments
     lines: list[str] = []
     anchor = node
     while anchor.parent is not None and anchor.parent.type in _WRAPPERS:
@@ -247,8 +303,8 @@ def _docstring(language: str, node: ts.Node, source: bytes, comment_types: tuple
     return _first_paragraph(lines)
 
 
-def _python_docstring(node: ts.Node, source: bytes) -> str:
-    body = node.child_by_field_name("body")
+def _python_docstring(body: ts.Node | None, source: bytes) -> str:
+    """The first paragraph of the string that opens a body, if one does."""
     if body is None or body.named_child_count == 0:
         return ""
     first = body.named_child(0)
@@ -258,9 +314,13 @@ def _python_docstring(node: ts.Node, source: bytes) -> str:
     if string.type != "string":
         return ""
     text = source[string.start_byte : string.end_byte].decode("utf-8", "replace")
-    text = re.sub(r"^[rRbBuUfF]*('''|\"\"\"|'|\")", "", text)
-    text = re.sub(r"('''|\"\"\"|'|\")$", "", text)
+    text = _OPENING_QUOTE.sub("", text)
+    text = _CLOSING_QUOTE.sub("", text)
     return _first_paragraph(text.strip().splitlines())
+
+
+_OPENING_QUOTE = re.compile(r"^[rRbBuUfF]*('''|\"\"\"|'|\")")
+_CLOSING_QUOTE = re.compile(r"('''|\"\"\"|'|\")$")
 
 
 # Nodes that wrap a definition without being one: its comment sits above the wrapper.

@@ -7,7 +7,6 @@ another repository's) is answered by starting a fresh one, with a notice, never 
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,20 +15,22 @@ from pathlib import Path
 from katpilot import paths
 from katpilot.errors import KatpilotError
 from katpilot.index.indexer import FileRecord
+from katpilot.index.lexical import unpack
 from katpilot.index.parse import Definition, definitions_from_json
 
 FORMAT = "katpilot-index"
 # Bump when what a record holds changes (parsing, redaction rules): old caches are rebuilt.
-VERSION = "2"
+VERSION = "3"
 
-# One row per file. Definitions and reference counts are JSON inside the row: a refresh writes
-# a few thousand rows instead of a hundred thousand, and lookups run on the in-memory copy.
+# One row per file. Definitions (JSON) and reference counts (`lexical.count_words`) are in the
+# row: a refresh writes a few thousand rows instead of a hundred thousand, and lookups run on the
+# in-memory copy.
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
     path TEXT PRIMARY KEY, language TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     sha1 TEXT NOT NULL, status TEXT NOT NULL, withheld_lines INTEGER NOT NULL,
-    def_count INTEGER NOT NULL, defs TEXT NOT NULL, refs TEXT NOT NULL
+    def_count INTEGER NOT NULL, defs TEXT NOT NULL, ref_words TEXT NOT NULL, ref_counts BLOB NOT NULL
 );
 """
 
@@ -137,8 +138,8 @@ class IndexStore:
 
     def reference_counts(self) -> Iterator[tuple[str, dict[str, int]]]:
         """(path, {name: count}) for every indexed file."""
-        for path, blob in self.db.execute("SELECT path, refs FROM files WHERE status = 'indexed'"):
-            yield path, json.loads(blob)
+        for path, words, counts in self.db.execute("SELECT path, ref_words, ref_counts FROM files WHERE status = 'indexed'"):
+            yield path, unpack(words, counts)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -153,10 +154,10 @@ class IndexStore:
             self.db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in removed])
             self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in touched])
             self.db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.source.path, r.source.language, r.source.size, r.source.mtime_ns, r.sha1, r.status,
-                     r.withheld_lines, r.definition_count, r.definitions, r.references)
+                     r.withheld_lines, r.definition_count, r.definitions, r.ref_words, r.ref_counts)
                     for r in records
                 ],
             )

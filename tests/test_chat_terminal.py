@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from katpilot.chat.app import ChatApp
-from katpilot.chat.widgets import AssistantMessage
+from katpilot.chat.widgets import AssistantMessage, PromptInput
 from katpilot.config import load_settings
 from katpilot.history import History
 
@@ -48,6 +48,7 @@ def test_main_screen_snapshot(snap_compare, tmp_path: Path) -> None:
             await pilot.pause(0.05)
         first = app.query(AssistantMessage).first()
         first.panel.collapsed = False
+        app.query_one(PromptInput).cursor_blink = False  # a blinking cursor made the picture flaky
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 34), run_before=expand_thinking)

@@ -415,6 +415,25 @@ def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.
         assert index.definitions() == serial
 
 
+def test_workers_that_cannot_start_leave_the_work_to_this_process(tmp_path: Path) -> None:
+    """A program run as `python -` has no main module for spawned workers to import: they die at
+    start, and the whole tree is still indexed, by the parent alone."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for i in range(indexer.PARALLEL_MIN_FILES + 10):
+        (root / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
+    program = (
+        "from katpilot.index import RepoIndex\n"
+        f"index = RepoIndex({str(root)!r}, cache_path=__import__('pathlib').Path({str(tmp_path / 'c.sqlite')!r}))\n"
+        "report = index.refresh()\n"
+        "print(report.parsed, len(index.definitions()))\n"
+    )
+    result = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count = indexer.PARALLEL_MIN_FILES + 10
+    assert result.stdout.split() == [str(count), str(count)]
+
+
 # -- the commands --------------------------------------------------------------------------------
 
 

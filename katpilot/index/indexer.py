@@ -14,6 +14,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,14 +147,22 @@ def _share(root: Path, pool: ProcessPoolExecutor, chunks: list[list[SourceFile]]
     parses while the workers start up, and the core it would leave idle is used.
     """
     todo = deque(chunks)
-    running: set[Future[list[FileRecord]]] = set()
+    running: dict[Future[list[FileRecord]], list[SourceFile]] = {}
+    broken = False
     while todo or running:
-        while todo and len(running) < in_flight:
-            running.add(pool.submit(_index_chunk, str(root), todo.popleft()))
-        done = {future for future in running if future.done()}
-        running -= done
+        while not broken and todo and len(running) < in_flight:
+            chunk = todo.popleft()
+            running[pool.submit(_index_chunk, str(root), chunk)] = chunk
+        done = [future for future in running if future.done()]
         for future in done:
-            yield future.result()
+            chunk = running.pop(future)
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                # Workers that cannot start (a parent run as `python -` has no main module for
+                # spawn to import) or that died: this process indexes their chunks itself.
+                broken = True
+                todo.append(chunk)
         if done:
             continue  # hand the workers their next chunks first
         if todo:

@@ -25,6 +25,7 @@ CHARS_PER_TOKEN = 3
 # Tags of every AutoThink family; a completion is cut before any of them.
 _TAG = re.compile(r"</?(?:judge|think_on|think_off|think|answer)\b|<\|im_end\|>|<\|endoftext\|>")
 _FENCE_OPEN = re.compile(r"\A\s*```[\w+#.-]*[ \t]*\n")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {v: k for k, v in _OPENERS.items()}
 
@@ -129,7 +130,7 @@ def cut_completion(text: str, ctx: CursorContext) -> tuple[str, bool]:
 def _blank_line(text: str) -> int:
     """Where the first blank line starts (the newline that ends the last code line), else len."""
     start = 1 if text.startswith("\n") else 0  # the cursor sat at the end of a line
-    match = re.compile(r"\n[ \t]*\n").search(text, start)
+    match = _BLANK_LINE.search(text, start)
     return match.start() if match else len(text)
 
 

@@ -150,6 +150,7 @@ def test_serving_path_loads_no_training_stack(model_path: Path) -> None:
         "except SystemExit:\n"
         "    pass\n"
         "assert 'llama_cpp' in sys.modules, 'the ask did not run'\n"
+        "import lsp.server, katpilot.server.app, katpilot.chat.app  # the other front ends\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)

@@ -95,15 +95,19 @@ def test_resume_a_chat_from_the_history(tmp_path: Path) -> None:
         chat = h.new_chat("smollm2-135m")
         h.add_message(chat, "user", "What is 2+2?")
         h.add_message(chat, "assistant", "It is 4.", mode="off", decided_by="model", p_on=0.1)
+        h.add_message(chat, "user", "Why is the sky blue?")
+        h.add_message(chat, "assistant", "Rayleigh scattering.", mode="on", decided_by="model", p_on=0.9, stats={"think_tokens": 120})
 
     async def run() -> None:
         settings = load_settings({"max_tokens": 8, "think": "off"}).settings
         app = ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite", resume=chat)
         async with app.run_test() as pilot:
             await _wait(pilot, lambda: app.session is not None)
-            (message,) = app.query(AssistantMessage)
-            assert message.answer.source == "It is 4."
-            assert [m.content for m in app.session.history] == ["What is 2+2?", "It is 4."]
+            first, _second = app.query(AssistantMessage)
+            assert first.answer.source == "It is 4."
+            assert [m.content for m in app.session.history] == ["What is 2+2?", "It is 4.", "Why is the sky blue?", "Rayleigh scattering."]
+            # The resumed answers count too: one think-off answer saved a mean think of 120 tokens.
+            assert app.saved_tokens == 120 and "AutoThink saved ~120 tokens" in str(app.query_one("#status").render())
     asyncio.run(run())
 
 

@@ -124,6 +124,13 @@ class ChatApp(App[None]):
             return 0
         return round(self.think_off_answers * sum(self.think_on_tokens) / len(self.think_on_tokens))
 
+    def _tally(self, mode: str | None, decided_by: str | None, think_tokens: int) -> None:
+        """Count one answer (new or resumed) towards "AutoThink saved"."""
+        if mode == "on":
+            self.think_on_tokens.append(think_tokens)
+        elif decided_by == "model":
+            self.think_off_answers += 1
+
     def _update_status(self) -> None:
         parts = [
             self.model_name,
@@ -194,7 +201,9 @@ class ChatApp(App[None]):
             elif m.role == "assistant":
                 thinking = "\n".join(part for part in (m.judge, m.think) if part)
                 log.mount(AssistantMessage(m.content, thinking, badge_text(m.mode, m.decided_by, m.p_on, m.partial)))
+                self._tally(m.mode, m.decided_by, int(m.stats.get("think_tokens", 0) or 0))
         self.notice(f"resumed chat {chat.id}: {chat.title}")
+        self._update_status()
         log.scroll_end(animate=False)
 
     def _save(self, role: str, content: str, **fields: object) -> None:
@@ -292,10 +301,7 @@ class ChatApp(App[None]):
             return
         stopped = response.stats.finish_reason == "cancelled"
         message.badge.update(badge_text(response.mode, response.decided_by, response.p_on, stopped))
-        if response.mode == "on":
-            self.think_on_tokens.append(response.stats.think_tokens)
-        elif response.decided_by == "model":
-            self.think_off_answers += 1
+        self._tally(response.mode, response.decided_by, response.stats.think_tokens)
         self.tokens_per_s = response.stats.tokens_per_s
         self.responses.append(response)
         self._save(

@@ -39,11 +39,26 @@ class OpenDocument:
     path: Path | None
     language_id: str
     encoding: str  # the negotiated position encoding: utf-8, utf-16 or utf-32
+    version: int | None = None  # the editor's version of this text (None: read from disk)
 
     @property
     def lines(self) -> list[str]:
         """Lines without their line breaks; a trailing newline gives a last, empty line."""
         return self.text.split("\n")
+
+    def line_text(self, first: int, last: int) -> str:
+        """Lines first..last (0-based, inclusive) without the final line break."""
+        return "\n".join(self.lines[first : last + 1])
+
+    def range_from_json(self, value: object) -> types.Range:
+        """A Range given as plain JSON (a command's argument), or a refusal saying what is wrong."""
+        try:
+            start, end = value["start"], value["end"]  # type: ignore[index]
+            return types.Range(types.Position(start["line"], start["character"]), types.Position(end["line"], end["character"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise JsonRpcInvalidParams(
+                'a range must be {"start": {"line": L, "character": C}, "end": {...}} with integers'
+            ) from exc
 
     def offset(self, position: types.Position) -> int:
         """Index into `text` of an LSP position; past the end of a line means its end (LSP rule)."""
@@ -119,7 +134,7 @@ def open_document(workspace: Workspace, uri: str, max_bytes: int) -> OpenDocumen
         raise RequestRefused(f"{uri} looks binary (it contains NUL characters): katpilot works on text files")
     negotiated = workspace.position_encoding
     encoding = str(getattr(negotiated, "value", negotiated) or "utf-16")
-    return OpenDocument(uri, text, uri_to_path(uri), document.language_id or "", encoding)
+    return OpenDocument(uri, text, uri_to_path(uri), document.language_id or "", encoding, document.version)
 
 
 def inside(path: Path, roots: list[Path]) -> bool:

@@ -252,7 +252,7 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
         lines = await target_lines(ls, doc, params.range)
         if lines is None:
             return []
-        version = ls.workspace.text_documents[doc.uri].version
+        version = doc.version
         diagnostics = [d.message for d in params.context.diagnostics]
         resolvable = bool(ls.client_supports("text_document", "code_action", "resolve_support"))
         only = params.context.only
@@ -292,9 +292,7 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
             doc = ls.document(uri)
             code = doc.text
             if request.get("range"):
-                selection = types.Range(
-                    types.Position(**request["range"]["start"]), types.Position(**request["range"]["end"])
-                )
+                selection = doc.range_from_json(request["range"])
                 code = doc.text[doc.offset(selection.start) : doc.offset(selection.end)]
             text = f"{text}\n\n```{generate.language_name(uri, doc.language_id)}\n{code.rstrip()}\n```"
         controls = controls_for(ls, request.get("think"))
@@ -305,9 +303,8 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
     @refusing
     async def explain_command(ls: KatpilotLanguageServer, data: Any = None) -> dict[str, Any]:
         spec, doc, first, last = action_target(ls, data)
-        code = "\n".join(doc.lines[first : last + 1])
         language = generate.language_name(doc.uri, doc.language_id)
-        prompt = question(spec, code, language, doc.uri, [])
+        prompt = question(spec, doc.line_text(first, last), language, doc.uri, [])
         response = await run_question(ls, prompt, controls_for(ls, None), spec.title, None)
         ls.tell(response.answer or "(no answer)", types.MessageType.Info)
         return response_json(response)
@@ -409,8 +406,7 @@ def action_target(ls: KatpilotLanguageServer, data: Any) -> tuple[ActionSpec, Op
     if not isinstance(data, dict) or data.get("action") not in ACTIONS or not isinstance(data.get("uri"), str):
         raise JsonRpcInvalidParams("this code action's data is not katpilot's: request the code actions again")
     doc = ls.document(data["uri"])
-    version = ls.workspace.text_documents[doc.uri].version
-    if data.get("version") is not None and version != data["version"]:
+    if data.get("version") is not None and doc.version != data["version"]:
         raise JsonRpcContentModified("the document changed since the action was offered: request the code actions again")
     first, last = data.get("first"), data.get("last")
     if not (isinstance(first, int) and isinstance(last, int) and 0 <= first <= last < len(doc.lines)):
@@ -425,7 +421,7 @@ async def action_edit(
     if not ls.may_edit(doc.path):
         raise RequestRefused(f"{doc.uri} is outside the workspace folders: katpilot edits only files inside them")
     lines = doc.lines
-    code = "\n".join(lines[first : last + 1])
+    code = doc.line_text(first, last)
     language = generate.language_name(doc.uri, doc.language_id)
     module = relative_label(ls, doc)
     response = await run_question(ls, question(spec, code, language, module, diagnostics), controls_for(ls, None), spec.title, token)
@@ -437,7 +433,7 @@ async def action_edit(
         target = doc.line_range(first, last)
         ends_with_newline = last + 1 < len(lines)
         new_text = reindent(new_code, leading_indent(lines[first])) + ("\n" if ends_with_newline else "")
-        version = ls.workspace.text_documents[doc.uri].version if documents_changes else None
+        version = doc.version if documents_changes else None
         return replace_edit(doc.uri, version, target, new_text)
     return tests_edit(ls, doc, language, new_code, documents_changes)
 

@@ -21,6 +21,7 @@ from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
 from katpilot.index import RepoIndex
 from katpilot.index.parse import Definition
+from lsp.documents import inside
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -137,8 +138,7 @@ class WorkspaceIndex:
         return self._call(lambda index: index.enclosing_definition(path, row, column, text=text), None, timeout=None)
 
     def _contains(self, path: Path) -> bool:
-        root = self.root
-        return root is not None and (root in path.resolve().parents)
+        return self.root is not None and inside(path, [self.root])
 
     def shutdown(self) -> None:
         self._thread.submit(lambda: self._index.close() if self._index else None)

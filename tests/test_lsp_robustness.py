@@ -114,6 +114,9 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
     assert server.response(5)["error"]["code"] == -32602
     server.send({"id": 6, "method": "workspace/executeCommand", "params": {"command": "katpilot.ask", "arguments": [{"nothing": 1}]}})
     assert "question" in server.response(6)["error"]["message"]
+    server.send({"id": 10, "method": "workspace/executeCommand", "params": {"command": "katpilot.ask", "arguments": [{"question": "q", "uri": uri, "range": {"start": 1}}]}})
+    error = server.response(10)["error"]
+    assert error["code"] == -32602 and "a range must be" in error["message"]
     server.send({"id": 8, "method": "codeAction/resolve", "params": {"title": "x", "data": {"action": "rm -rf"}}})
     assert server.response(8)["error"]["code"] == -32602
     server.write(b"Content-Length: 999999999999\r\n\r\n")  # over the size limit: refused, then skipped

@@ -14,7 +14,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,7 +296,7 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
             text = f"{text}\n\n```{generate.language_name(uri, doc.language_id)}\n{code.rstrip()}\n```"
         controls = controls_for(ls, request.get("think"))
         response = await run_question(ls, text, controls, "katpilot: asking", request.get("workDoneToken"))
-        return response_json(response)
+        return response.to_dict()
 
     @ls.command("katpilot.explain")
     @refusing
@@ -307,7 +306,7 @@ def build_server(settings: Settings) -> KatpilotLanguageServer:
         prompt = question(spec, doc.line_text(first, last), language, doc.uri, [])
         response = await run_question(ls, prompt, controls_for(ls, None), spec.title, None)
         ls.tell(response.answer or "(no answer)", types.MessageType.Info)
-        return response_json(response)
+        return response.to_dict()
 
     @ls.command("katpilot.applyAction")
     @refusing
@@ -515,21 +514,6 @@ def ask_arguments(args: tuple[Any, ...]) -> dict[str, Any]:
     if request.get("range") is not None and not request.get("uri"):
         raise JsonRpcInvalidParams("katpilot.ask: a range needs the uri of its document")
     return request
-
-
-def response_json(response: Response) -> dict[str, Any]:
-    """What `katpilot.ask` returns: the answer, thinking, mode and statistics."""
-    return {
-        "answer": response.answer,
-        "thinking": response.think,
-        "judge": response.judge,
-        "mode": response.mode,
-        "decided_by": response.decided_by,
-        "p_on": response.p_on,
-        "model": response.model,
-        "stats": asdict(response.stats),
-        "notices": response.notices,
-    }
 
 
 class Progress:

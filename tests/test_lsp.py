@@ -130,6 +130,8 @@ def test_ask_returns_answer_mode_and_stats(client: Client) -> None:
     forced = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(
         "katpilot.ask", [{"question": "Is 7 prime?", "think": "on"}]))
     assert forced["mode"] == "on" and forced["decided_by"] == "user"
+    # The same object as `katpilot ask --json` (Response.to_dict).
+    assert set(forced) == {"judge", "think", "answer", "mode", "decided_by", "p_on", "threshold", "profile", "model", "stats", "notices"}
 
 
 def test_explain_is_shown_with_show_message(client: Client) -> None:

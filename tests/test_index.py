@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from katpilot.errors import KatpilotError
-from katpilot.index import RepoIndex, indexer, parse
+from katpilot.index import RepoIndex, build, parse
 from katpilot.index.lexical import count_words, unpack
 from katpilot.index.rank import estimate_tokens
 from katpilot.index.secrets import WITHHELD_MARKER, redact
@@ -408,8 +408,8 @@ def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.
     with RepoIndex(root, cache_path=tmp_path / "serial.sqlite") as index:
         index.refresh()
         serial = index.definitions()
-    monkeypatch.setattr(indexer, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(indexer, "worker_count", lambda: 2)
+    monkeypatch.setattr(build, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(build, "worker_count", lambda: 2)
     with RepoIndex(root, cache_path=tmp_path / "parallel.sqlite") as index:
         index.refresh()
         assert index.definitions() == serial
@@ -420,7 +420,7 @@ def test_workers_that_cannot_start_leave_the_work_to_this_process(tmp_path: Path
     start, and the whole tree is still indexed, by the parent alone."""
     root = tmp_path / "repo"
     root.mkdir()
-    for i in range(indexer.PARALLEL_MIN_FILES + 10):
+    for i in range(build.PARALLEL_MIN_FILES + 10):
         (root / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
     program = (
         "from katpilot.index import RepoIndex\n"
@@ -430,7 +430,7 @@ def test_workers_that_cannot_start_leave_the_work_to_this_process(tmp_path: Path
     )
     result = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    count = indexer.PARALLEL_MIN_FILES + 10
+    count = build.PARALLEL_MIN_FILES + 10
     assert result.stdout.split() == [str(count), str(count)]
 
 

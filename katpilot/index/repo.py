@@ -17,7 +17,8 @@ from pathlib import Path
 
 from katpilot.errors import KatpilotError
 from katpilot.index import rank
-from katpilot.index.indexer import FileRecord, decode_source, index_files
+from katpilot.index.build import index_into
+from katpilot.index.indexer import decode_source
 from katpilot.index.languages import language_for, line_comment
 from katpilot.index.parse import Definition, extract_definitions, parse_tree, references_in
 from katpilot.index.search import DefinitionSearch
@@ -27,7 +28,6 @@ from katpilot.index.walk import DEFAULT_MAX_FILE_BYTES, SourceFile, walk
 
 NEAR_RADIUS_LINES = 15  # "near the cursor": this many lines above and below
 SNIPPET_MAX_LINES = 40
-WRITE_BATCH_FILES = 256
 
 
 class IndexError_(KatpilotError):
@@ -145,13 +145,7 @@ class RepoIndex:
                 progress(done, total)
 
         self.store.write([], touched, removed)
-        batch: list[FileRecord] = []
-        for record in index_files(self.root, to_parse, advance):
-            batch.append(record)
-            if len(batch) >= WRITE_BATCH_FILES:
-                self.store.write(batch)
-                batch = []
-        self.store.write(batch)
+        index_into(self.store, self.root, to_parse, advance)
 
         self.secret_files = walked.secret_files
         self._fresh = True

@@ -5,7 +5,7 @@ Honours `.gitignore` files at every level (a deeper file's rules win, `!` re-inc
 can both add and re-include) and extra patterns from the caller. Skips vendored and generated
 trees by directory name, credential files by name (counted as withheld: never opened), files over
 a size limit, and symlinks that leave the root. Binary and generated content is found later, when
-a file is read (`indexer.read_source`).
+a file is read (`indexer.index_file`).
 """
 
 from __future__ import annotations

@@ -327,6 +327,8 @@ def test_secrets_in_unsaved_editor_text_are_withheld(tmp_path: Path) -> None:
         "jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV'",
         "$db = ['password' => 'hunter2hunter2'];",
         'apiKey := "abcdefgh12345"',
+        'DB_PASSWORD = "hunter2hunter2"',
+        'headers = {"X-Auth-Token": "abcdefghij123"}',
     ],
 )
 def test_secret_line_patterns(line: str) -> None:

@@ -6,6 +6,7 @@ characters for ASCII). Front ends convert for display (1-based lines) or for LSP
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -160,10 +161,12 @@ def _python_rows(source: bytes, node: ts.Node, parent_kind: str, parent: str, ro
 
     The query visits every node of the tree; this visits statements only, and only those whose
     text holds `def` or `class` (a keyword every definition starts with). Trees with syntax errors
-    take the query: error recovery can leave a definition anywhere.
+    take the query: error recovery can leave a definition anywhere. Node kinds are compared by
+    id: `Node.type` makes a new string each time.
     """
+    roles = _python_kinds().roles
     for child in node.named_children:
-        kind = _PYTHON_ROLES.get(child.type)
+        kind = roles.get(child.kind_id)
         if kind is None:
             continue
         if not kind:  # a statement that holds statements
@@ -185,6 +188,28 @@ def _python_rows(source: bytes, node: ts.Node, parent_kind: str, parent: str, ro
         )
         if _may_define(source, body):
             _python_rows(source, body, kind, name, rows)
+
+
+class _PythonKinds(NamedTuple):
+    roles: dict[int, str]  # _PYTHON_ROLES by node kind id
+    expression_statement: frozenset[int]
+    string: frozenset[int]
+
+
+@functools.cache
+def _python_kinds() -> _PythonKinds:
+    """The ids of the Python node kinds the walker looks at (a kind can have several ids)."""
+    language = grammar("python")
+    named = {
+        kind_id: language.node_kind_for_id(kind_id)
+        for kind_id in range(language.node_kind_count)
+        if language.node_kind_is_named(kind_id)
+    }
+    return _PythonKinds(
+        roles={kind_id: _PYTHON_ROLES[kind] for kind_id, kind in named.items() if kind in _PYTHON_ROLES},
+        expression_statement=frozenset(i for i, kind in named.items() if kind == "expression_statement"),
+        string=frozenset(i for i, kind in named.items() if kind == "string"),
+    )
 
 
 def _may_define(source: bytes, node: ts.Node) -> bool:
@@ -307,11 +332,12 @@ def _python_docstring(body: ts.Node | None, source: bytes) -> str:
     """The first paragraph of the string that opens a body, if one does."""
     if body is None or body.named_child_count == 0:
         return ""
+    kinds = _python_kinds()
     first = body.named_child(0)
-    if first.type != "expression_statement" or first.named_child_count == 0:
+    if first.kind_id not in kinds.expression_statement or first.named_child_count == 0:
         return ""
     string = first.named_child(0)
-    if string.type != "string":
+    if string.kind_id not in kinds.string:
         return ""
     text = source[string.start_byte : string.end_byte].decode("utf-8", "replace")
     text = _OPENING_QUOTE.sub("", text)

@@ -79,6 +79,8 @@ _REVERSED_ASSIGNMENTS = [
     )
     for quote in "\"'"
 ]
+# How every name _SECRET_NAME_BEFORE accepts ends (lowercase).
+_SECRET_NAME_ENDS = ("key", "secret", "token", "bearer", "password", "passwd", "pwd")
 _KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
 
@@ -95,13 +97,19 @@ def _secret_spans(text: str, words: str) -> list[tuple[int, int]]:
     for begin in _KEY_BEGIN.finditer(text) if "PRIVATE" in words else ():  # a word of every BEGIN line
         end = _KEY_END.search(text, begin.end())
         spans.append((begin.start(), end.end() if end else len(text)))
-    if _may_assign_secret(text):
+    if _may_assign_secret(text, words):
         spans += _assigned_literals(text)
     return spans
 
 
-def _may_assign_secret(text: str) -> bool:
-    """Whether a long literal may follow a secret-sounding name and an `=` or `:`; errs toward yes."""
+def _may_assign_secret(text: str, words: str) -> bool:
+    """Whether a long literal may follow a secret-sounding name and an `=` or `:`; errs toward yes.
+
+    Such a name is the end of a word, so a text none of whose words ends like one is not searched.
+    """
+    ends = f"{words.lower()} "
+    if not any(f"{name} " in ends for name in _SECRET_NAME_ENDS):
+        return False
     backwards = text[::-1]
     return any(pattern.search(backwards) for pattern in _REVERSED_ASSIGNMENTS)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import shutil
 import statistics
@@ -68,7 +69,10 @@ def child(tree: Path, cache: Path) -> None:
     started, cpu = time.perf_counter(), time.process_time()
     report = index.refresh()
     seconds = time.perf_counter() - started
-    cpu = time.process_time() - cpu + children_cpu()  # this process's share, and its workers'
+    cpu = time.process_time() - cpu
+    for worker in multiprocessing.active_children():  # they exit after refresh returns: wait, to count them
+        worker.join()
+    cpu += children_cpu()  # this process's share, and its workers'
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({

@@ -26,10 +26,12 @@ from katpilot.index.walk import SourceFile
 
 # Below this many files to parse, one process does it faster than starting workers.
 PARALLEL_MIN_FILES = 200
-# Files go to the processes in chunks of about this much source: small enough that the last
-# chunks are short (no process waits long for another at the end), large enough that handing
-# them out costs little.
-CHUNK_BYTES = 192 * 1024
+# Files go to the processes in chunks of a share of the source still to parse (guided
+# scheduling): large while there is much left, so that handing them out costs little, small at
+# the end, so that no process waits long for another's last chunk.
+CHUNK_SHARE = 8  # a chunk is 1/(CHUNK_SHARE x processes) of what is left ...
+MIN_CHUNK_BYTES = 32 * 1024  # ... but no less than this
+MAX_CHUNK_BYTES = 512 * 1024  # ... nor more than this
 # A single process writes its records in transactions of this many files.
 WRITE_BATCH_FILES = 256
 
@@ -53,11 +55,17 @@ def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progres
             if progress:
                 progress(len(batch))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers - 1, mp_context=context, initializer=_start_worker, initargs=(str(store.path),)
-    ) as pool:
-        _share(store, root, pool, _chunks(sources), 2 * (workers - 1), progress)
+    pool = ProcessPoolExecutor(
+        max_workers=workers - 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(str(store.path),),
+    )
+    try:
+        _share(store, root, pool, _Chunks(sources, workers), 2 * (workers - 1), progress)
+    finally:
+        # Every chunk is stored by now; the workers exit on their own time, not the caller's.
+        pool.shutdown(wait=False)
 
 
 def _start_worker(cache_path: str) -> None:
@@ -76,24 +84,39 @@ def _index_chunk(db: sqlite3.Connection, root: Path, sources: list[SourceFile]) 
     return len(sources)
 
 
-def _chunks(sources: list[SourceFile]) -> list[list[SourceFile]]:
-    """The files in chunks of about CHUNK_BYTES, biggest files first (no large file is left for last)."""
-    chunks: list[list[SourceFile]] = [[]]
-    size = 0
-    for source in sorted(sources, key=lambda s: s.size, reverse=True):
-        if size >= CHUNK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(source)
-        size += source.size
-    return chunks
+class _Chunks:
+    """The files to parse, biggest first, taken in chunks from the front (workers: the big files)
+    or the back (this process, between its checks on the workers)."""
+
+    def __init__(self, sources: list[SourceFile], processes: int) -> None:
+        self.files = deque(sorted(sources, key=lambda s: s.size, reverse=True))
+        self.left = sum(source.size for source in sources)
+        self.processes = processes
+
+    def __bool__(self) -> bool:
+        return bool(self.files)
+
+    def take(self, front: bool) -> list[SourceFile]:
+        target = min(max(self.left // (CHUNK_SHARE * self.processes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+        chunk: list[SourceFile] = []
+        size = 0
+        while self.files and size < target:
+            source = self.files.popleft() if front else self.files.pop()
+            chunk.append(source)
+            size += source.size
+        self.left -= size
+        return chunk
+
+    def put_back(self, chunk: list[SourceFile]) -> None:
+        self.files.extend(chunk)
+        self.left += sum(source.size for source in chunk)
 
 
 def _share(
     store: IndexStore,
     root: Path,
     pool: ProcessPoolExecutor,
-    chunks: list[list[SourceFile]],
+    chunks: _Chunks,
     in_flight: int,
     progress: Progress | None,
 ) -> None:
@@ -103,12 +126,11 @@ def _share(
     has the next one queued; this process takes them from the back between its checks. So it
     parses while the workers start up, and the core it would leave idle is used.
     """
-    todo = deque(chunks)
     running: dict[Future[int], list[SourceFile]] = {}
     broken = False
-    while todo or running:
-        while not broken and todo and len(running) < in_flight:
-            chunk = todo.popleft()
+    while chunks or running:
+        while not broken and chunks and len(running) < in_flight:
+            chunk = chunks.take(front=True)
             running[pool.submit(_worker_chunk, str(root), chunk)] = chunk
         done = [future for future in running if future.done()]
         for future in done:
@@ -120,14 +142,14 @@ def _share(
                 # spawn to import) or that died: this process indexes their chunks itself. A chunk
                 # a worker stored before dying is stored again, the same rows.
                 broken = True
-                todo.append(chunk)
+                chunks.put_back(chunk)
                 continue
             if progress:
                 progress(stored)
         if done:
             continue  # hand the workers their next chunks first
-        if todo:
-            stored = _index_chunk(store.db, root, todo.pop())
+        if chunks:
+            stored = _index_chunk(store.db, root, chunks.take(front=False))
             if progress:
                 progress(stored)
         else:

@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -405,35 +406,60 @@ def test_an_unwritable_cache_is_one_clear_error(tmp_path: Path) -> None:
         RepoIndex(root, cache_path=blocker / "index.sqlite")
 
 
-def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str) -> None:
     root = write_repo(tmp_path / "repo", LANGUAGE_REPO)
     with RepoIndex(root, cache_path=tmp_path / "serial.sqlite") as index:
         index.refresh()
         serial = index.definitions()
     monkeypatch.setattr(build, "PARALLEL_MIN_FILES", 2)
     monkeypatch.setattr(build, "worker_count", lambda: 2)
+    monkeypatch.setattr(build, "start_method", lambda: start)
+    handovers = tmp_path / "tmp"
+    handovers.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(handovers))
     with RepoIndex(root, cache_path=tmp_path / "parallel.sqlite") as index:
-        index.refresh()
+        report = index.refresh()
+        assert report.parsed == len(LANGUAGE_REPO)
         assert index.definitions() == serial
+    assert list(handovers.iterdir()) == []  # the workers' record files are gone
+
+
+def test_workers_are_forked_only_from_a_single_thread() -> None:
+    """fork copies only the calling thread: with a model's threads running it could copy a lock
+    held forever, so a process with more than one thread spawns its workers."""
+    program = (
+        "import threading, time\n"
+        "from katpilot.index.build import start_method\n"
+        "print(start_method())\n"
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "print(start_method())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["fork", "spawn"], result.stderr
 
 
 def test_workers_that_cannot_start_leave_the_work_to_this_process(tmp_path: Path) -> None:
-    """A program run as `python -` has no main module for spawned workers to import: they die at
-    start, and the whole tree is still indexed, by the parent alone."""
+    """A program run as `python -` has no main module for spawned workers to import (a thread
+    makes it spawn them): they die at start, and the whole tree is still indexed, by the parent
+    alone."""
     root = tmp_path / "repo"
     root.mkdir()
     for i in range(build.PARALLEL_MIN_FILES + 10):
         (root / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
     program = (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
         "from katpilot.index import RepoIndex\n"
+        "from katpilot.index.build import start_method\n"
         f"index = RepoIndex({str(root)!r}, cache_path=__import__('pathlib').Path({str(tmp_path / 'c.sqlite')!r}))\n"
         "report = index.refresh()\n"
-        "print(report.parsed, len(index.definitions()))\n"
+        "print(start_method(), report.parsed, len(index.definitions()))\n"
     )
     result = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     count = build.PARALLEL_MIN_FILES + 10
-    assert result.stdout.split() == [str(count), str(count)]
+    assert result.stdout.split() == ["spawn", str(count), str(count)]
 
 
 # -- the commands --------------------------------------------------------------------------------

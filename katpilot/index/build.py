@@ -1,19 +1,25 @@
 """Parsing many files into the cache: in this process and, for a large tree, in worker processes.
 
 tree-sitter holds the GIL while it parses, so threads do not help; a cold index of a large tree
-spreads files over processes (spawned, never forked: the parent may hold a loaded model and
-threads), this one included. Each process writes the records it makes to the cache itself (SQLite
-in WAL mode lets writers take turns, and a write takes well under a millisecond per file). Sending
-them back instead made each worker wait a few milliseconds per chunk: a chunk's records outgrow a
-pipe's buffer, and the thread that empties the pipe here needs the GIL, which this process holds
-while it parses.
+spreads files over processes, this one included.
+
+- Workers are forked when this process runs a single thread (fork copies only the calling
+  thread, so with one nothing is left half-done): a forked worker parses within milliseconds,
+  a spawned one starts Python and imports the parser first (about 0.1 s of a core). A process
+  with more threads (the chat, the LSP: a loaded model has its own) spawns them.
+- A worker hands its records back in a file, whose name is all that goes through the pipe: a
+  chunk's records outgrow a pipe's buffer, and the thread that empties it here needs the GIL,
+  which this process holds while it parses, so the worker would wait. Workers never open the
+  cache: SQLite state must not cross a fork.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
+import pickle
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from katpilot.index.indexer import index_file
-from katpilot.index.store import IndexStore, open_writer, write_files
+from katpilot.index.store import IndexStore
 from katpilot.index.walk import SourceFile
 
 # Below this many files to parse, one process does it faster than starting workers.
@@ -37,11 +43,9 @@ WRITE_BATCH_FILES = 256
 
 Progress = Callable[[int], None]
 
-_worker_db: sqlite3.Connection | None = None  # a worker process's connection to the cache
-
 
 def worker_count() -> int:
-    """Processes that parse a large tree: this one and a spawned worker per further core (8 at most)."""
+    """Processes that parse a large tree: this one and a worker per further core (8 at most)."""
     return max(1, min(os.cpu_count() or 1, 8))
 
 
@@ -51,37 +55,48 @@ def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progres
     if len(sources) < PARALLEL_MIN_FILES or workers == 1:
         for start in range(0, len(sources), WRITE_BATCH_FILES):
             batch = sources[start : start + WRITE_BATCH_FILES]
-            _index_chunk(store.db, root, batch)
+            store.write([index_file(root, source) for source in batch])
             if progress:
                 progress(len(batch))
         return
-    pool = ProcessPoolExecutor(
-        max_workers=workers - 1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(str(store.path),),
-    )
+    handover = Path(tempfile.mkdtemp(prefix="katpilot-index-"))
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context(start_method()))
     try:
-        _share(store, root, pool, _Chunks(sources, workers), 2 * (workers - 1), progress)
+        _share(store, root, pool, _Chunks(sources, workers), 2 * (workers - 1), handover, progress)
     finally:
-        # Every chunk is stored by now; the workers exit on their own time, not the caller's.
-        pool.shutdown(wait=False)
+        # Every chunk is stored by now (unless this was interrupted); the workers exit on their
+        # own time, not the caller's.
+        pool.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(handover, ignore_errors=True)
 
 
-def _start_worker(cache_path: str) -> None:
-    global _worker_db
-    _worker_db = open_writer(Path(cache_path))
+def start_method() -> str:
+    """How to start workers: "fork" where this process runs a single thread, else "spawn"."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    try:
+        threads = len(os.listdir("/proc/self/task"))  # every thread, the model's native ones too
+    except OSError:
+        return "spawn"  # no way to count them here
+    return "fork" if threads == 1 else "spawn"
 
 
-def _worker_chunk(root: str, sources: list[SourceFile]) -> int:
-    assert _worker_db is not None, "the pool's initializer opens the cache"
-    return _index_chunk(_worker_db, Path(root), sources)
+def _worker_chunk(root: str, sources: list[SourceFile], handover: str) -> str:
+    """A worker's share: parse some files, and leave their records in a file; its name."""
+    records = [index_file(Path(root), source) for source in sources]
+    fd, name = tempfile.mkstemp(dir=handover, suffix=".records")
+    with os.fdopen(fd, "wb") as file:
+        pickle.dump(records, file, protocol=pickle.HIGHEST_PROTOCOL)
+    return name
 
 
-def _index_chunk(db: sqlite3.Connection, root: Path, sources: list[SourceFile]) -> int:
-    """Parse and store some files (one transaction); how many."""
-    write_files(db, [index_file(root, source) for source in sources])
-    return len(sources)
+def _store_handover(store: IndexStore, name: str) -> int:
+    """Store the records a worker left in a file (and remove it); how many."""
+    with open(name, "rb") as file:
+        records = pickle.load(file)
+    os.unlink(name)
+    store.write(records)
+    return len(records)
 
 
 class _Chunks:
@@ -118,6 +133,7 @@ def _share(
     pool: ProcessPoolExecutor,
     chunks: _Chunks,
     in_flight: int,
+    handover: Path,
     progress: Progress | None,
 ) -> None:
     """Index the chunks in the workers and in this process, which parses too instead of only waiting.
@@ -126,31 +142,32 @@ def _share(
     has the next one queued; this process takes them from the back between its checks. So it
     parses while the workers start up, and the core it would leave idle is used.
     """
-    running: dict[Future[int], list[SourceFile]] = {}
+    running: dict[Future[str], list[SourceFile]] = {}
     broken = False
     while chunks or running:
         while not broken and chunks and len(running) < in_flight:
             chunk = chunks.take(front=True)
-            running[pool.submit(_worker_chunk, str(root), chunk)] = chunk
+            running[pool.submit(_worker_chunk, str(root), chunk, str(handover))] = chunk
         done = [future for future in running if future.done()]
         for future in done:
             chunk = running.pop(future)
             try:
-                stored = future.result()
+                name = future.result()
             except BrokenProcessPool:
                 # Workers that cannot start (a parent run as `python -` has no main module for
-                # spawn to import) or that died: this process indexes their chunks itself. A chunk
-                # a worker stored before dying is stored again, the same rows.
+                # spawn to import) or that died: this process indexes their chunks itself.
                 broken = True
                 chunks.put_back(chunk)
                 continue
+            stored = _store_handover(store, name)
             if progress:
                 progress(stored)
         if done:
             continue  # hand the workers their next chunks first
         if chunks:
-            stored = _index_chunk(store.db, root, chunks.take(front=False))
+            chunk = chunks.take(front=False)
+            store.write([index_file(root, source) for source in chunk])
             if progress:
-                progress(stored)
+                progress(len(chunk))
         else:
             wait(running, return_when=FIRST_COMPLETED)

@@ -150,34 +150,14 @@ class IndexStore:
         removed: Iterable[str] = (),
     ) -> None:
         """Store parsed files, new stat data of unchanged ones, and forget removed ones: one transaction."""
-        write_files(self.db, records, touched, removed)
-
-
-def open_writer(path: Path) -> sqlite3.Connection:
-    """Another connection to a cache an `IndexStore` has opened (and checked): a worker writes through it.
-
-    The cache is in WAL mode, so writers take turns; the timeout covers waiting for another's write.
-    """
-    db = sqlite3.connect(path, timeout=30)
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
-def write_files(
-    db: sqlite3.Connection,
-    records: Iterable[FileRecord],
-    touched: Iterable[tuple[str, int, int]] = (),
-    removed: Iterable[str] = (),
-) -> None:
-    """One transaction: parsed files stored, unchanged ones' stat data updated, removed ones forgotten."""
-    with db:
-        db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in removed])
-        db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in touched])
-        db.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (r.source.path, r.source.language, r.source.size, r.source.mtime_ns, r.sha1, r.status,
-                 r.withheld_lines, r.definition_count, r.definitions, r.ref_words, r.ref_counts)
-                for r in records
-            ],
-        )
+        with self.db:
+            self.db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in removed])
+            self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in touched])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.source.path, r.source.language, r.source.size, r.source.mtime_ns, r.sha1, r.status,
+                     r.withheld_lines, r.definition_count, r.definitions, r.ref_words, r.ref_counts)
+                    for r in records
+                ],
+            )

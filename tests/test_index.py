@@ -427,9 +427,11 @@ def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.
 
 def test_workers_are_forked_only_from_a_single_thread() -> None:
     """fork copies only the calling thread: with a model's threads running it could copy a lock
-    held forever, so a process with more than one thread spawns its workers."""
+    held forever, so a process with more than one thread spawns its workers. Importing the
+    index and the CLI starts no thread (numpy would: OpenBLAS's)."""
     program = (
         "import threading, time\n"
+        "import katpilot.cli, katpilot.index.repo\n"
         "from katpilot.index.build import start_method\n"
         "print(start_method())\n"
         "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"

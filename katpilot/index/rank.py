@@ -13,10 +13,12 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from katpilot.index.parse import Definition
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DAMPING = 0.85
 ITERATIONS = 60
@@ -75,6 +77,10 @@ def rank_definitions(
     focus_names: Iterable[str] = (),
 ) -> list[RankedDefinition]:
     """Every definition with its score, best first."""
+    # Imported here, not with the module: numpy starts OpenBLAS's threads, and a process that
+    # only indexes should stay single-threaded so that it can fork its parsers (see `build`).
+    import numpy as np
+
     focus_file_set = frozenset(focus_files)
     focus_name_set = frozenset(focus_names)
     definers: dict[str, set[str]] = defaultdict(set)
@@ -127,6 +133,8 @@ def rank_definitions(
 
 
 def _pagerank(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, focus: list[int]) -> np.ndarray:
+    import numpy as np  # see rank_definitions
+
     if n == 0:
         return np.zeros(0)
     personal = np.ones(n)

@@ -425,6 +425,33 @@ def test_parallel_and_serial_indexing_agree(tmp_path: Path, monkeypatch: pytest.
     assert list(handovers.iterdir()) == []  # the workers' record files are gone
 
 
+def _disk_full(*args: object, **kwargs: object) -> object:
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["worker handover", "handover directory"])
+def test_a_cold_build_without_room_for_handovers_is_done_by_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Workers hand records back in files: where those cannot be written (a full disk), nothing
+    is lost, this process indexes what the workers could not."""
+    root = write_repo(tmp_path / "repo", LANGUAGE_REPO)
+    with RepoIndex(root, cache_path=tmp_path / "serial.sqlite") as index:
+        index.refresh()
+        serial = index.definitions()
+    monkeypatch.setattr(build, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(build, "worker_count", lambda: 2)
+    monkeypatch.setattr(build, "start_method", lambda: "fork")  # the forked worker sees the patch
+    if failing == "worker handover":
+        monkeypatch.setattr(build, "_worker_chunk", _disk_full)
+    else:
+        monkeypatch.setattr(tempfile, "mkdtemp", _disk_full)
+    with RepoIndex(root, cache_path=tmp_path / "parallel.sqlite") as index:
+        report = index.refresh()
+        assert report.parsed == report.files == len(LANGUAGE_REPO)
+        assert index.definitions() == serial
+
+
 def test_workers_are_forked_only_from_a_single_thread() -> None:
     """fork copies only the calling thread: with a model's threads running it could copy a lock
     held forever, so a process with more than one thread spawns its workers. Importing the

@@ -52,14 +52,14 @@ def worker_count() -> int:
 def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progress: Progress | None = None) -> None:
     """Parse every source and store its record; `progress(n)` after each n files stored."""
     workers = worker_count()
-    if len(sources) < PARALLEL_MIN_FILES or workers == 1:
+    handover = _handover_dir() if len(sources) >= PARALLEL_MIN_FILES and workers > 1 else None
+    if handover is None:
         for start in range(0, len(sources), WRITE_BATCH_FILES):
             batch = sources[start : start + WRITE_BATCH_FILES]
             store.write([index_file(root, source) for source in batch])
             if progress:
                 progress(len(batch))
         return
-    handover = Path(tempfile.mkdtemp(prefix="katpilot-index-"))
     pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context(start_method()))
     try:
         _share(store, root, pool, _Chunks(sources, workers), 2 * (workers - 1), handover, progress)
@@ -68,6 +68,15 @@ def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progres
         # own time, not the caller's.
         pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(handover, ignore_errors=True)
+
+
+def _handover_dir() -> Path | None:
+    """A private directory for the workers' record files; None where none can be made (this
+    process then indexes alone)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="katpilot-index-"))
+    except OSError:
+        return None
 
 
 def start_method() -> str:
@@ -152,14 +161,14 @@ def _share(
         for future in done:
             chunk = running.pop(future)
             try:
-                name = future.result()
-            except BrokenProcessPool:
+                stored = _store_handover(store, future.result())
+            except (BrokenProcessPool, OSError, pickle.UnpicklingError, EOFError):
                 # Workers that cannot start (a parent run as `python -` has no main module for
-                # spawn to import) or that died: this process indexes their chunks itself.
+                # spawn to import), that died, or whose records could not go through a file (a
+                # full disk): this process indexes their chunks, and the rest, itself.
                 broken = True
                 chunks.put_back(chunk)
                 continue
-            stored = _store_handover(store, name)
             if progress:
                 progress(stored)
         if done:

@@ -10,6 +10,7 @@ download at run time).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import PurePath
@@ -131,7 +132,7 @@ _BY_EXTENSION = {ext: spec.name for spec in LANGUAGES.values() for ext in spec.e
 
 def language_for(path: str | PurePath) -> str | None:
     """The language of a file by its extension, or None when the index does not parse it."""
-    return _BY_EXTENSION.get(PurePath(path).suffix.lower())
+    return _BY_EXTENSION.get(os.path.splitext(path)[1].lower())  # not PurePath: the walk asks for every file
 
 
 def line_comment(path: str | PurePath) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import os
 import re
 from pathlib import PurePath
 
@@ -130,7 +131,7 @@ def _assigned_literals(text: str) -> list[tuple[int, int]]:
 
 def is_secret_file(path: str | PurePath) -> bool:
     """Whether a file is a credential file by its name (its content is never read)."""
-    return _SECRET_FILE.match(PurePath(path).name.lower()) is not None
+    return _SECRET_FILE.match(os.path.basename(path).lower()) is not None  # not PurePath: asked for every file
 
 
 def redact(text: str, comment: str = "", words: str | None = None) -> tuple[str, int]:

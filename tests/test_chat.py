@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from textual import events
 
 from katpilot.chat.app import ChatApp
 from katpilot.chat.widgets import AssistantMessage, Notice
@@ -125,6 +126,22 @@ def test_slash_commands(tmp_path: Path) -> None:
             notices = [str(n.render()) for n in app.query(Notice)]
             assert any("outside the workspace" in n for n in notices)
             assert any("unknown command /nope" in n for n in notices)
+    asyncio.run(run())
+
+
+def test_keys_typed_ahead_stay_in_order(tmp_path: Path) -> None:
+    """A terminal delivers keys as fast as they come (typed ahead, or sent by tmux): the line is
+    submitted at its Enter, not when the Enter has gone round the app, after the next keys."""
+
+    async def run() -> None:
+        app = _app(tmp_path, model=str(tmp_path / "no-model-needed.gguf"))
+        async with app.run_test() as pilot:
+            for key in [*"/budget 5", "enter", *"/budget 7", "enter"]:
+                character = {"enter": "\r"}.get(key, key)
+                name = {" ": "space", "/": "slash", "enter": "enter"}.get(key, key)
+                app.post_message(events.Key(name, character))  # as the terminal driver does: all queued at once
+            await _wait(pilot, lambda: app.controls.budget == 7, timeout=10)
+            assert not any("must be" in str(n.render()) for n in app.query(Notice))
     asyncio.run(run())
 
 

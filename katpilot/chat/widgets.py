@@ -3,6 +3,7 @@ thinking panel (judge + think, collapsed by default) and the answer as Markdown.
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Input, Markdown, Static
@@ -77,8 +78,20 @@ class AssistantMessage(Vertical):
 
 
 class PromptInput(Input):
-    """The question line. It empties itself the moment Enter is pressed, in its own message queue,
-    so keys typed ahead while the app handles the submission are kept, not wiped."""
+    """The question line. It takes Enter itself, in its own message queue, and empties itself at
+    once: so keys typed ahead are neither wiped nor joined to the line before them.
+
+    (Input leaves Enter to a binding, which runs once the key has bubbled up to the app; by then
+    this widget may have inserted the keys typed after it, and submitted "a" Enter "b" as "ab".)
+    """
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            await self.action_submit()
+            return
+        await super()._on_key(event)
 
     async def action_submit(self) -> None:
         value, self.value = self.value, ""

@@ -360,9 +360,11 @@ def _refresh_index(path: Path, exclude: list[str] | None, show_progress: bool): 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("parsing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    # Redrawn at each step, not by rich's refresh thread: a process with a second thread spawns
+    # the index's workers instead of forking them (see katpilot/index/build.py).
+    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as bar:
         task = bar.add_task("parse", total=None)
-        report = index.refresh(lambda done, total: bar.update(task, completed=done, total=total))
+        report = index.refresh(lambda done, total: bar.update(task, completed=done, total=total, refresh=True))
     return index, report
 
 

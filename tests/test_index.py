@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -497,6 +499,39 @@ def test_workers_that_cannot_start_leave_the_work_to_this_process(tmp_path: Path
 
 def _katpilot(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "katpilot", *args], capture_output=True, text=True, timeout=120)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_leaves_the_index_free_to_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`katpilot index` on a terminal draws a progress bar; rich would redraw it from a thread of
+    its own, and a process with a second thread spawns its workers instead of forking them."""
+    from katpilot import cli
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    for i in range(build.PARALLEL_MIN_FILES + 10):
+        (root / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
+    monkeypatch.setenv("KATPILOT_HOME", str(tmp_path / "home"))
+    threads_when_starting_workers: list[int] = []
+    real_start_method = build.start_method
+
+    def start_method() -> str:
+        threads_when_starting_workers.append(threading.active_count())
+        return real_start_method()
+
+    monkeypatch.setattr(build, "start_method", start_method)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    before = threading.active_count()
+    index, report = cli._refresh_index(root, None, show_progress=True)
+    index.close()
+    assert report.parsed == build.PARALLEL_MIN_FILES + 10
+    assert "parsing" in terminal.getvalue()  # the bar was drawn ...
+    assert threads_when_starting_workers == [before]  # ... by no thread of its own
 
 
 def test_index_and_map_commands(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ ProfileOpt = Annotated[Optional[str], typer.Option(help="Format family: auto, ka
 ThinkOpt = Annotated[Optional[str], typer.Option("--think", help="auto (the model judges), on or off.")]
 BudgetOpt = Annotated[Optional[int], typer.Option("--budget", help="Close the think block after N tokens.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="think=auto: think when p(on) >= P.")]
+NCtxOpt = Annotated[Optional[int], typer.Option(help="Context window in tokens.")]
+NThreadsOpt = Annotated[Optional[int], typer.Option()]
 
 
 def _flags(**values: object) -> dict[str, object]:
@@ -97,8 +99,8 @@ def ask(
     repeat_penalty: Annotated[Optional[float], typer.Option()] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     max_tokens: Annotated[Optional[int], typer.Option()] = None,
-    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
-    n_threads: Annotated[Optional[int], typer.Option()] = None,
+    n_ctx: NCtxOpt = None,
+    n_threads: NThreadsOpt = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
 ) -> None:
     """Ask one question; the answer goes to stdout, thinking (if shown) to stderr."""
@@ -251,8 +253,8 @@ def serve(
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Default max tokens per response.")] = None,
-    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
-    n_threads: Annotated[Optional[int], typer.Option()] = None,
+    n_ctx: NCtxOpt = None,
+    n_threads: NThreadsOpt = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (docs/server.md); flags set request defaults."""
     from katpilot.server.serve import ServeOptions, serve as run_server
@@ -299,8 +301,8 @@ def lsp_command(
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Max tokens of an action's or question's answer.")] = None,
-    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
-    n_threads: Annotated[Optional[int], typer.Option()] = None,
+    n_ctx: NCtxOpt = None,
+    n_threads: NThreadsOpt = None,
 ) -> None:
     """Serve editors over the Language Server Protocol: inline completion, code actions, katpilot.ask (docs/lsp.md)."""
     from lsp.server import run

@@ -55,10 +55,7 @@ def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progres
     handover = _handover_dir() if len(sources) >= PARALLEL_MIN_FILES and workers > 1 else None
     if handover is None:
         for start in range(0, len(sources), WRITE_BATCH_FILES):
-            batch = sources[start : start + WRITE_BATCH_FILES]
-            store.write([index_file(root, source) for source in batch])
-            if progress:
-                progress(len(batch))
+            _index_here(store, root, sources[start : start + WRITE_BATCH_FILES], progress)
         return
     pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context(start_method()))
     try:
@@ -68,6 +65,13 @@ def index_into(store: IndexStore, root: Path, sources: list[SourceFile], progres
         # own time, not the caller's.
         pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(handover, ignore_errors=True)
+
+
+def _index_here(store: IndexStore, root: Path, sources: list[SourceFile], progress: Progress | None) -> None:
+    """Parse and store some files in this process (one transaction)."""
+    store.write([index_file(root, source) for source in sources])
+    if progress:
+        progress(len(sources))
 
 
 def _handover_dir() -> Path | None:
@@ -174,9 +178,6 @@ def _share(
         if done:
             continue  # hand the workers their next chunks first
         if chunks:
-            chunk = chunks.take(front=False)
-            store.write([index_file(root, source) for source in chunk])
-            if progress:
-                progress(len(chunk))
+            _index_here(store, root, chunks.take(front=False), progress)
         else:
             wait(running, return_when=FIRST_COMPLETED)

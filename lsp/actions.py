@@ -31,37 +31,57 @@ ACTIONS: dict[str, ActionSpec] = {
     spec.id: spec
     for spec in (
         ActionSpec(
-            "explain", "katpilot: Explain", types.CodeActionKind.Empty,
-            "Explain what this {language} code does, briefly.", False,
+            "explain",
+            "katpilot: Explain",
+            types.CodeActionKind.Empty,
+            "Explain what this {language} code does, briefly.",
+            False,
         ),
         ActionSpec(
-            "fix", "katpilot: Fix", types.CodeActionKind.QuickFix,
+            "fix",
+            "katpilot: Fix",
+            types.CodeActionKind.QuickFix,
             "Fix the bugs in this {language} code. Reply with the whole corrected code in one fenced "
-            "code block, then at most two sentences on what you changed.", True,
+            "code block, then at most two sentences on what you changed.",
+            True,
         ),
         ActionSpec(
-            "docstring", "katpilot: Add docstring", types.CodeActionKind.RefactorRewrite,
+            "docstring",
+            "katpilot: Add docstring",
+            types.CodeActionKind.RefactorRewrite,
             "Add a docstring (or doc comment) to this {language} code. Reply with the whole code, "
-            "docstring included, in one fenced code block; change nothing else.", True,
+            "docstring included, in one fenced code block; change nothing else.",
+            True,
         ),
         ActionSpec(
-            "tests", "katpilot: Write tests", types.CodeActionKind.Source,
+            "tests",
+            "katpilot: Write tests",
+            types.CodeActionKind.Source,
             "Write unit tests ({framework}) for this {language} code, which lives in {module}. Reply "
-            "with the complete test code in one fenced code block.", True,
+            "with the complete test code in one fenced code block.",
+            True,
         ),
     )
 }
 
 _FRAMEWORKS = {
-    "python": "pytest", "javascript": "node:test", "typescript": "node:test", "go": "the testing package",
-    "rust": "#[test] functions", "java": "JUnit 5", "c": "assert.h", "cpp": "plain asserts",
+    "python": "pytest",
+    "javascript": "node:test",
+    "typescript": "node:test",
+    "go": "the testing package",
+    "rust": "#[test] functions",
+    "java": "JUnit 5",
+    "c": "assert.h",
+    "cpp": "plain asserts",
 }
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def question(spec: ActionSpec, code: str, language: str, module: str, diagnostics: list[str]) -> str:
     """The user message for an action on `code`."""
-    ask = spec.ask.format(language=language or "source", framework=_FRAMEWORKS.get(language, "the usual framework"), module=module)
+    ask = spec.ask.format(
+        language=language or "source", framework=_FRAMEWORKS.get(language, "the usual framework"), module=module
+    )
     problems = "".join(f"\n- {d}" for d in diagnostics)
     if problems and spec.id == "fix":
         ask += f"\nThe editor reports:{problems}"

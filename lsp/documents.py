@@ -54,7 +54,9 @@ class OpenDocument:
         """A Range given as plain JSON (a command's argument), or a refusal saying what is wrong."""
         try:
             start, end = value["start"], value["end"]  # type: ignore[index]
-            return types.Range(types.Position(start["line"], start["character"]), types.Position(end["line"], end["character"]))
+            return types.Range(
+                types.Position(start["line"], start["character"]), types.Position(end["line"], end["character"])
+            )
         except (TypeError, KeyError, ValueError) as exc:
             raise JsonRpcInvalidParams(
                 'a range must be {"start": {"line": L, "character": C}, "end": {...}} with integers'
@@ -141,3 +143,13 @@ def inside(path: Path, roots: list[Path]) -> bool:
     """Whether a path lies within one of the workspace folders (symlinks resolved)."""
     resolved = path.resolve()
     return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def relative_label(doc: OpenDocument, roots: list[Path]) -> str:
+    """The document's path relative to its workspace folder, for prompts; the URI otherwise."""
+    if doc.path is None:
+        return doc.uri
+    for root in roots:
+        if inside(doc.path, [root]):
+            return doc.path.resolve().relative_to(root).as_posix()
+    return doc.path.name

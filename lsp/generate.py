@@ -19,7 +19,6 @@ from katpilot.gate import Segment, Text
 from katpilot.index.languages import language_for, line_comment
 from katpilot.models import new_session, profile_for, sampling_params
 from katpilot.session import ChatSession, Finished, Response, SessionEvent, ThinkControls
-
 from lsp.completion import (
     CHARS_PER_TOKEN,
     COMPLETION_SYSTEM,
@@ -55,11 +54,15 @@ def cursor_context(
     while True:
         prefix, suffix = split_around(text, offset, max_chars)
         ctx = CursorContext(prefix, suffix, language, path, repo_context)
-        if engine.count_tokens(prompt_text(engine, ctx)) + max_tokens + PROMPT_OVERHEAD_TOKENS // 2 <= engine.info.n_ctx:
+        if (
+            engine.count_tokens(prompt_text(engine, ctx)) + max_tokens + PROMPT_OVERHEAD_TOKENS // 2
+            <= engine.info.n_ctx
+        ):
             return ctx
         if max_chars <= 64:
             raise ContextOverflowError(
-                "the code around the cursor does not fit the context window", "raise n_ctx or lower completion_max_tokens"
+                "the code around the cursor does not fit the context window",
+                "raise n_ctx or lower completion_max_tokens",
             )
         max_chars //= 2
 
@@ -71,7 +74,9 @@ def prompt_text(engine: Engine, ctx: CursorContext) -> str:
     return chat_question(ctx)
 
 
-def complete(engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event) -> str:
+def complete(
+    engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event
+) -> str:
     """The text to insert at the cursor ("" when the model offers nothing)."""
     if engine.info.fim_tokens:
         return _complete_fim(engine, ctx, params, cancel)
@@ -88,11 +93,13 @@ def _complete_fim(engine: Engine, ctx: CursorContext, params: SamplingParams, ca
             if cut_completion(text, ctx)[1]:
                 break
     finally:
-        stream.close()  # type: ignore[attr-defined]
+        stream.close()
     return cut_completion(text, ctx)[0]
 
 
-def _complete_chat(engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event) -> str:
+def _complete_chat(
+    engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event
+) -> str:
     session = ChatSession(engine, profile_for(engine, settings), COMPLETION_SYSTEM, params)
     answer = ""
     events = session.send(chat_question(ctx), THINK_OFF, cancel, params)

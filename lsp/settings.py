@@ -51,7 +51,11 @@ def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list
     they are skipped and everything else applies.
     """
     if not isinstance(options, Mapping):
-        return current, ([] if options is None else [f"settings must be an object, got {type(options).__name__}"]), False
+        return (
+            current,
+            ([] if options is None else [f"settings must be an object, got {type(options).__name__}"]),
+            False,
+        )
     nested = isinstance(options.get("katpilot"), Mapping)
     if nested:
         options = options["katpilot"]
@@ -61,7 +65,9 @@ def apply_options(current: LspSettings, options: Any) -> tuple[LspSettings, list
     for key, value in options.items():
         if key == "completion_model":
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                problems.append(f"setting completion_model must be a model (path, [models] name or server URL) or null, got {value!r}")
+                problems.append(
+                    f"setting completion_model must be a model (path, [models] name or server URL) or null, got {value!r}"
+                )
             else:
                 own_changes[key] = value or None
         elif key in LSP_ONLY:

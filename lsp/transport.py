@@ -15,23 +15,28 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from lsprotocol.types import ResponseError
 from pygls.exceptions import JsonRpcException
 from pygls.protocol import JsonRPCProtocol
 
+from lsp.pygls_compat import send_error_response
+
 log = logging.getLogger(__name__)
 # Searched at the end of a line, so a header glued to the garbage before it still counts.
-_CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d+)[ \t]*$", re.I)
+_CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d+)[ \t]*$", re.IGNORECASE)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 
 
 class AsyncReader(Protocol):
-    async def readline(self) -> bytes: ...
+    """What the loop reads from: asyncio's StreamReader (TCP) or pygls' StdinAsyncReader (stdio)."""
 
-    async def readexactly(self, n: int) -> bytes: ...
+    def readline(self) -> Awaitable[bytes]: ...
+
+    def readexactly(self, n: int) -> Awaitable[bytes]: ...
 
 
 async def serve_frames(reader: AsyncReader, protocol: JsonRPCProtocol, stop: threading.Event) -> None:
@@ -42,7 +47,12 @@ async def serve_frames(reader: AsyncReader, protocol: JsonRPCProtocol, stop: thr
             return
         if length > MAX_MESSAGE_BYTES:
             # Not read: what follows is skipped as garbage up to the next Content-Length header.
-            _reply_error(protocol, None, INVALID_REQUEST, f"message of {length:,} bytes is over the {MAX_MESSAGE_BYTES:,}-byte limit")
+            _reply_error(
+                protocol,
+                None,
+                INVALID_REQUEST,
+                f"message of {length:,} bytes is over the {MAX_MESSAGE_BYTES:,}-byte limit",
+            )
             continue
         body = await _read_body(reader, length)
         if body is None:
@@ -84,7 +94,9 @@ def handle_frame(body: bytes, protocol: JsonRPCProtocol) -> None:
         _reply_error(protocol, None, PARSE_ERROR, "parse error: the message body is not valid JSON")
         return
     if isinstance(data, list):
-        _reply_error(protocol, None, INVALID_REQUEST, "batch requests are not supported by LSP: send one message per frame")
+        _reply_error(
+            protocol, None, INVALID_REQUEST, "batch requests are not supported by LSP: send one message per frame"
+        )
         return
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (int, str)):
@@ -97,7 +109,12 @@ def handle_frame(body: bytes, protocol: JsonRPCProtocol) -> None:
         message = protocol.structure_message(data)
     except JsonRpcException:
         if msg_id is not None and "method" in data:
-            _reply_error(protocol, msg_id, INVALID_PARAMS, f"invalid params for {data['method']}: they do not match the LSP specification")
+            _reply_error(
+                protocol,
+                msg_id,
+                INVALID_PARAMS,
+                f"invalid params for {data['method']}: they do not match the LSP specification",
+            )
         else:
             log.warning("dropped a notification or response of the wrong shape: %r", body[:200])
         return
@@ -123,4 +140,4 @@ def _shape_problem(data: Any) -> str | None:
 
 def _reply_error(protocol: JsonRPCProtocol, msg_id: int | str | None, code: int, message: str) -> None:
     log.warning("%s", message)
-    protocol._send_response(msg_id, error=ResponseError(code=code, message=message))  # type: ignore[arg-type]
+    send_error_response(protocol, msg_id, ResponseError(code=code, message=message))

@@ -45,7 +45,14 @@ class ModelWork:
         """The engine for these settings (call on the model thread); `role` keeps two apart."""
         from katpilot.models import load_engine
 
-        key = (settings.model, settings.n_ctx, settings.n_threads, settings.api_key, settings.remote_gguf, tuple(settings.models.items()))
+        key = (
+            settings.model,
+            settings.n_ctx,
+            settings.n_threads,
+            settings.api_key,
+            settings.remote_gguf,
+            tuple(settings.models.items()),
+        )
         current = self._engines.get(role)
         if current is not None and current[0] == key:
             return current[1]

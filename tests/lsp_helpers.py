@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
+from lsp.pygls_compat import to_json
+
 T = TypeVar("T")
 TIMEOUT_S = 120
 
-CALC_PY = '''def add(a, b):
+CALC_PY = (
+    """def add(a, b):
     return a + b
 
 
@@ -29,8 +32,9 @@ def mean(values):
 
 
 def square(x):
-    
-'''
+"""
+    + "    \n"  # the body of square(): an indented empty line, where completions are asked for
+)
 
 FULL_CAPABILITIES = types.ClientCapabilities(
     text_document=types.TextDocumentClientCapabilities(
@@ -48,11 +52,26 @@ FULL_CAPABILITIES = types.ClientCapabilities(
 )
 
 
+class ExitRecordingClient(LanguageClient):
+    """pygls' client, keeping the server process's exit code (through the public `server_exit` hook)."""
+
+    returncode: int | None = None
+
+    async def server_exit(self, server: asyncio.subprocess.Process) -> None:
+        self.returncode = server.returncode
+
+
 class Client:
     """A language client on its own event-loop thread, with blocking calls for tests."""
 
-    def __init__(self, root: Path, home: Path, init_options: dict[str, Any] | None = None,
-                 capabilities: types.ClientCapabilities = FULL_CAPABILITIES, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        home: Path,
+        init_options: dict[str, Any] | None = None,
+        capabilities: types.ClientCapabilities = FULL_CAPABILITIES,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.messages: list[types.ShowMessageParams] = []
         self.progress: list[dict[str, Any]] = []  # $/progress values: kind, title, message
@@ -61,17 +80,22 @@ class Client:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.lc = LanguageClient("katpilot-tests", "1")
+        self.lc = ExitRecordingClient("katpilot-tests", "1")
         self._register()
         environ = {**os.environ, "KATPILOT_HOME": str(home), "LSP_LOG": str(self.stderr_path), **(env or {})}
         # pygls pipes the server's stderr and never reads it: send it to a file instead.
         command = f'exec "{sys.executable}" -m katpilot lsp 2>>"$LSP_LOG"'
         self.call(self.lc.start_io("/bin/sh", "-c", command, env=environ))
-        self.initialize_result = self.call(self.lc.initialize_async(types.InitializeParams(
-            capabilities=capabilities, root_uri=root.as_uri(),
-            workspace_folders=[types.WorkspaceFolder(root.as_uri(), root.name)],
-            initialization_options=init_options,
-        )))
+        self.initialize_result = self.call(
+            self.lc.initialize_async(
+                types.InitializeParams(
+                    capabilities=capabilities,
+                    root_uri=root.as_uri(),
+                    workspace_folders=[types.WorkspaceFolder(root.as_uri(), root.name)],
+                    initialization_options=init_options,
+                )
+            )
+        )
         self.lc.initialized(types.InitializedParams())
 
     def _register(self) -> None:
@@ -86,7 +110,7 @@ class Client:
         @self.lc.feature(types.PROGRESS)
         def progress(ls: LanguageClient, params: types.ProgressParams) -> None:
             value = params.value
-            self.progress.append(value if isinstance(value, dict) else ls.protocol._converter.unstructure(value))
+            self.progress.append(value if isinstance(value, dict) else to_json(value))
 
         @self.lc.feature(types.WORKSPACE_APPLY_EDIT)
         def apply(ls: LanguageClient, params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
@@ -112,13 +136,17 @@ class Client:
 
     def open(self, path: Path, text: str, language: str = "python", version: int = 1) -> str:
         uri = path.as_uri()
-        self.notify(types.TEXT_DOCUMENT_DID_OPEN, types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, language, version, text)))
+        self.notify(
+            types.TEXT_DOCUMENT_DID_OPEN,
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, language, version, text)),
+        )
         return uri
 
     def inline(self, uri: str, line: int, character: int, timeout: float = TIMEOUT_S) -> types.InlineCompletionList:
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-            text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character),
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line, character),
         )
         return self.request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, timeout)
 
@@ -133,5 +161,4 @@ class Client:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
-        server = self.lc._server
-        return server.returncode if server is not None else None
+        return self.lc.returncode

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lsp_helpers import CALC_PY, Client
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
-
-from lsp_helpers import CALC_PY, Client
 
 TAGS = ("<judge", "<think", "</think", "<answer", "</answer", "<think_on", "<think_off")
 
@@ -27,7 +26,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     home = tmp_path_factory.mktemp("lsp-home")
-    c = Client(workspace, home, init_options={"katpilot": {"debounce_ms": 0, "completion_max_tokens": 24, "max_tokens": 64, "think": "off"}})
+    c = Client(
+        workspace,
+        home,
+        init_options={"katpilot": {"debounce_ms": 0, "completion_max_tokens": 24, "max_tokens": 64, "think": "off"}},
+    )
     yield c
     assert c.close() == 0, c.server_log()
 
@@ -78,9 +81,13 @@ def test_completion_for_older_clients_is_one_item_with_an_edit(client: Client) -
 
 def test_incremental_changes_are_applied_to_the_server_copy(client: Client) -> None:
     uri, _ = open_copy(client, "x = 1\n")
-    change = types.TextDocumentContentChangePartial(range=types.Range(types.Position(1, 0), types.Position(1, 0)), text="def double(y):\n    ")
-    client.notify(types.TEXT_DOCUMENT_DID_CHANGE, types.DidChangeTextDocumentParams(
-        types.VersionedTextDocumentIdentifier(version=2, uri=uri), [change]))
+    change = types.TextDocumentContentChangePartial(
+        range=types.Range(types.Position(1, 0), types.Position(1, 0)), text="def double(y):\n    "
+    )
+    client.notify(
+        types.TEXT_DOCUMENT_DID_CHANGE,
+        types.DidChangeTextDocumentParams(types.VersionedTextDocumentIdentifier(version=2, uri=uri), [change]),
+    )
     # Line 2 exists only after the change: the request would be out of range on the old text.
     result = client.inline(uri, 2, 4)
     assert isinstance(result.items, (list, tuple))
@@ -109,8 +116,11 @@ def test_code_action_on_the_enclosing_function_resolves_to_a_workspace_edit(clie
 
 def test_write_tests_creates_the_test_file(client: Client, workspace: Path) -> None:
     uri, path = open_copy(client)
-    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(types.Position(1, 4), types.Position(1, 4)),
-                                    types.CodeActionContext(diagnostics=[], only=[types.CodeActionKind.Source]))
+    params = types.CodeActionParams(
+        types.TextDocumentIdentifier(uri),
+        types.Range(types.Position(1, 4), types.Position(1, 4)),
+        types.CodeActionContext(diagnostics=[], only=[types.CodeActionKind.Source]),
+    )
     (action,) = client.request(types.TEXT_DOCUMENT_CODE_ACTION, params)
     resolved = client.request(types.CODE_ACTION_RESOLVE, action)
     create, insert = resolved.edit.document_changes
@@ -122,16 +132,34 @@ def test_write_tests_creates_the_test_file(client: Client, workspace: Path) -> N
 def test_ask_returns_answer_mode_and_stats(client: Client) -> None:
     uri, _ = open_copy(client)
     selection = {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}}
-    result = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(
-        "katpilot.ask", [{"question": "What does add return?", "uri": uri, "range": selection}]))
+    result = client.request(
+        types.WORKSPACE_EXECUTE_COMMAND,
+        types.ExecuteCommandParams(
+            "katpilot.ask", [{"question": "What does add return?", "uri": uri, "range": selection}]
+        ),
+    )
     assert result["answer"].strip()
     assert result["mode"] == "off" and result["decided_by"] == "user"
     assert 0 < result["stats"]["completion_tokens"] <= 64
-    forced = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(
-        "katpilot.ask", [{"question": "Is 7 prime?", "think": "on"}]))
+    forced = client.request(
+        types.WORKSPACE_EXECUTE_COMMAND,
+        types.ExecuteCommandParams("katpilot.ask", [{"question": "Is 7 prime?", "think": "on"}]),
+    )
     assert forced["mode"] == "on" and forced["decided_by"] == "user"
     # The same object as `katpilot ask --json` (Response.to_dict).
-    assert set(forced) == {"judge", "think", "answer", "mode", "decided_by", "p_on", "threshold", "profile", "model", "stats", "notices"}
+    assert set(forced) == {
+        "judge",
+        "think",
+        "answer",
+        "mode",
+        "decided_by",
+        "p_on",
+        "threshold",
+        "profile",
+        "model",
+        "stats",
+        "notices",
+    }
 
 
 def test_explain_is_shown_with_show_message(client: Client) -> None:
@@ -148,7 +176,9 @@ def test_explain_is_shown_with_show_message(client: Client) -> None:
 
 def cancel_once_answering(client: Client, method: str, params: object) -> str:
     """Send a long request, cancel it once the answer streams; the progress's end message."""
-    client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 1500}}))
+    client.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 1500}})
+    )
     try:
         client.progress.clear()
         msg_id = str(uuid.uuid4())
@@ -164,14 +194,19 @@ def cancel_once_answering(client: Client, method: str, params: object) -> str:
             time.sleep(0.02)
         return next(v for v in client.progress if v.get("kind") == "end")["message"]
     finally:
-        client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 64}}))
+        client.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams({"katpilot": {"max_tokens": 64}}),
+        )
 
 
 def test_cancel_request_stops_the_generation(client: Client) -> None:
     uri, _ = open_copy(client)
     here = types.Range(types.Position(0, 0), types.Position(1, 16))
     params = types.CodeActionParams(types.TextDocumentIdentifier(uri), here, types.CodeActionContext(diagnostics=[]))
-    tests_action = next(a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Write tests")
+    tests_action = next(
+        a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Write tests"
+    )
     end = cancel_once_answering(client, types.CODE_ACTION_RESOLVE, tests_action)
     assert end.startswith("cancelled after "), end
     assert int(end.split()[2]) < 1500
@@ -189,11 +224,15 @@ def test_cancelling_a_command_stops_its_generation(client: Client) -> None:
 def test_a_selection_inside_one_line_means_the_enclosing_function(client: Client) -> None:
     uri, _ = open_copy(client)
     within_line = types.Range(types.Position(6, 4), types.Position(6, 9))  # Helix selects a character at least
-    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), within_line, types.CodeActionContext(diagnostics=[]))
+    params = types.CodeActionParams(
+        types.TextDocumentIdentifier(uri), within_line, types.CodeActionContext(diagnostics=[])
+    )
     fix = next(a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Fix")
     assert (fix.data["first"], fix.data["last"]) == (4, 8)
     whole_line = types.Range(types.Position(6, 0), types.Position(7, 0))
-    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), whole_line, types.CodeActionContext(diagnostics=[]))
+    params = types.CodeActionParams(
+        types.TextDocumentIdentifier(uri), whole_line, types.CodeActionContext(diagnostics=[])
+    )
     fix = next(a for a in client.request(types.TEXT_DOCUMENT_CODE_ACTION, params) if a.title == "katpilot: Fix")
     assert (fix.data["first"], fix.data["last"]) == (6, 6)
 
@@ -204,7 +243,8 @@ def test_a_newer_completion_drops_the_older_one(client: Client) -> None:
     try:
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
-            text_document=types.TextDocumentIdentifier(uri), position=types.Position(12, 4),
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(12, 4),
         )
         first = client.send(types.TEXT_DOCUMENT_INLINE_COMPLETION, params)
         second = client.send(types.TEXT_DOCUMENT_INLINE_COMPLETION, params)
@@ -235,13 +275,19 @@ def test_binary_and_oversized_documents_are_refused_with_the_reason(client: Clie
         error = error_of(lambda: client.inline(uri, 1, 0))
         assert error.code == -32803 and "max_file_bytes" in error.message and "600" in error.message
     finally:
-        client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"max_file_bytes": 1_000_000}))
+        client.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"max_file_bytes": 1_000_000})
+        )
 
 
 def test_bad_settings_are_reported_and_the_rest_applies(client: Client) -> None:
     client.messages.clear()
-    client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-        {"katpilot": {"threshold": 7, "thinkk": "on", "debounce_ms": -1, "budget": 5}}))
+    client.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+        types.DidChangeConfigurationParams(
+            {"katpilot": {"threshold": 7, "thinkk": "on", "debounce_ms": -1, "budget": 5}}
+        ),
+    )
     deadline = time.monotonic() + 10
     while len(client.messages) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -257,11 +303,16 @@ def test_edits_never_touch_files_outside_the_workspace(client: Client, tmp_path:
     outside = tmp_path / "elsewhere.py"
     outside.write_text(CALC_PY)
     uri = client.open(outside, CALC_PY)
-    params = types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(types.Position(0, 0), types.Position(1, 10)),
-                                    types.CodeActionContext(diagnostics=[]))
+    params = types.CodeActionParams(
+        types.TextDocumentIdentifier(uri),
+        types.Range(types.Position(0, 0), types.Position(1, 10)),
+        types.CodeActionContext(diagnostics=[]),
+    )
     actions = client.request(types.TEXT_DOCUMENT_CODE_ACTION, params)
     assert [a.title for a in actions] == ["katpilot: Explain"]
-    forged = types.CodeAction(title="katpilot: Fix", data={"action": "fix", "uri": uri, "version": 1, "first": 0, "last": 1})
+    forged = types.CodeAction(
+        title="katpilot: Fix", data={"action": "fix", "uri": uri, "version": 1, "first": 0, "last": 1}
+    )
     error = error_of(lambda: client.request(types.CODE_ACTION_RESOLVE, forged))
     assert "outside the workspace" in error.message
     assert outside.read_text() == CALC_PY
@@ -269,13 +320,19 @@ def test_edits_never_touch_files_outside_the_workspace(client: Client, tmp_path:
 
 def test_a_completion_model_of_its_own_is_loaded_for_completions_only(client: Client, tmp_path: Path) -> None:
     missing = tmp_path / "coder.gguf"
-    client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": str(missing)}))
+    client.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": str(missing)})
+    )
     try:
         uri, _ = open_copy(client)
         error = error_of(lambda: client.inline(uri, 12, 4))
         assert error.code == -32803 and str(missing) in error.message
-        result = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": "Hi?"}]))
+        result = client.request(
+            types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": "Hi?"}])
+        )
         assert result["answer"]  # questions still use the main model
     finally:
-        client.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": None}))
+        client.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams({"completion_model": None})
+        )
     assert client.inline(uri, 12, 4).items

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from lsp_helpers import CALC_PY
 
 NVIM_TIMEOUT_S = 180
@@ -132,7 +131,9 @@ def nvim() -> str:
         return found
     apt = shutil.which("apt-get")
     if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("nvim is not installed, and it cannot be installed here (needs root and apt-get): apt-get install neovim")
+        pytest.skip(
+            "nvim is not installed, and it cannot be installed here (needs root and apt-get): apt-get install neovim"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = [apt, "install", "-y", "-q", "--no-install-recommends", "neovim"]
     log = []
@@ -155,6 +156,11 @@ def lua_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a valid Lua literal: LuaJIT has no \u escapes
 
 
+def lua_pair(position: tuple[int, int]) -> str:
+    """A (line, character) position as a Lua table literal: `{12, 4}`."""
+    return "{" + ", ".join(str(n) for n in position) + "}"
+
+
 def test_neovim_completion_code_actions_and_resolve(nvim: str, tmp_path: Path) -> None:
     root = tmp_path / "project"
     root.mkdir()
@@ -170,8 +176,8 @@ def test_neovim_completion_code_actions_and_resolve(nvim: str, tmp_path: Path) -
         .replace("__ROOT__", lua_string(str(root)))
         .replace("__FILE__", lua_string(str(source)))
         .replace("__OUT__", lua_string(str(out)))
-        .replace("__COMPLETION_AT__", "{%d, %d}" % COMPLETION_AT)
-        .replace("__ACTION_AT__", "{%d, %d}" % ACTION_AT)
+        .replace("__COMPLETION_AT__", lua_pair(COMPLETION_AT))
+        .replace("__ACTION_AT__", lua_pair(ACTION_AT))
     )
     script.write_text(lua)
     env = {
@@ -187,8 +193,9 @@ def test_neovim_completion_code_actions_and_resolve(nvim: str, tmp_path: Path) -
     env.pop("NVIM_LISTEN_ADDRESS", None)
     command = [nvim, "--headless", "-u", "NONE", "-i", "NONE", "-n", "-c", f"luafile {script}"]
     try:
-        done = subprocess.run(command, cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=NVIM_TIMEOUT_S)
+        done = subprocess.run(
+            command, cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=NVIM_TIMEOUT_S
+        )
         output = f"nvim exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     except subprocess.TimeoutExpired as exc:
         output = f"nvim timed out after {NVIM_TIMEOUT_S} s\n{exc.stdout!r}\n{exc.stderr!r}"

@@ -13,10 +13,9 @@ from queue import Empty, Queue
 from typing import Any
 
 import pytest
-
 from lsp_helpers import CALC_PY
 
-TIMEOUT_S = 60
+TIMEOUT_S = 120  # as lsp_helpers: a completion on a busy 2-core machine took over 60 s once
 
 
 class RawServer:
@@ -24,10 +23,14 @@ class RawServer:
 
     def __init__(self, home: Path) -> None:
         env = {**os.environ, "KATPILOT_HOME": str(home)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "katpilot", "lsp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=open(home / "stderr.txt", "wb"), env=env,
-        )
+        with open(home / "stderr.txt", "wb") as stderr:  # the server keeps its own copy of the handle
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "katpilot", "lsp"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+            )
         self.frames: Queue[dict[str, Any]] = Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -77,7 +80,9 @@ def server(tmp_path: Path) -> Iterator[RawServer]:
     s.proc.wait()
 
 
-def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_succeeds(server: RawServer, tmp_path: Path) -> None:
+def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_succeeds(
+    server: RawServer, tmp_path: Path
+) -> None:
     root = tmp_path / "ws"
     root.mkdir()
     (root / "calc.py").write_text(CALC_PY)
@@ -93,10 +98,18 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
     server.frame(json.dumps({"jsonrpc": "1.0", "id": 7, "method": "initialize"}).encode())
     assert server.response(7)["error"]["code"] == -32600
 
-    server.send({"id": 1, "method": "initialize", "params": {
-        "processId": None, "rootUri": root.as_uri(), "capabilities": {},
-        "initializationOptions": {"debounce_ms": 0, "completion_max_tokens": 16},
-    }})
+    server.send(
+        {
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "processId": None,
+                "rootUri": root.as_uri(),
+                "capabilities": {},
+                "initializationOptions": {"debounce_ms": 0, "completion_max_tokens": 16},
+            },
+        }
+    )
     assert "capabilities" in server.response(1)["result"]
     server.send({"method": "initialized", "params": {}})
 
@@ -107,14 +120,43 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
     server.send({"method": "katpilot/noSuchNotification", "params": {}})  # ignored, as notifications are
 
     position = {"textDocument": {"uri": uri}, "context": {"triggerKind": 1}}
-    server.send({"id": 4, "method": "textDocument/inlineCompletion", "params": {**position, "position": {"line": 0, "character": 0}}})
+    server.send(
+        {
+            "id": 4,
+            "method": "textDocument/inlineCompletion",
+            "params": {**position, "position": {"line": 0, "character": 0}},
+        }
+    )
     assert "didOpen" in server.response(4)["error"]["message"]
-    server.send({"method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": CALC_PY}}})
-    server.send({"id": 5, "method": "textDocument/inlineCompletion", "params": {**position, "position": {"line": 4000, "character": 0}}})
+    server.send(
+        {
+            "method": "textDocument/didOpen",
+            "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": CALC_PY}},
+        }
+    )
+    server.send(
+        {
+            "id": 5,
+            "method": "textDocument/inlineCompletion",
+            "params": {**position, "position": {"line": 4000, "character": 0}},
+        }
+    )
     assert server.response(5)["error"]["code"] == -32602
-    server.send({"id": 6, "method": "workspace/executeCommand", "params": {"command": "katpilot.ask", "arguments": [{"nothing": 1}]}})
+    server.send(
+        {
+            "id": 6,
+            "method": "workspace/executeCommand",
+            "params": {"command": "katpilot.ask", "arguments": [{"nothing": 1}]},
+        }
+    )
     assert "question" in server.response(6)["error"]["message"]
-    server.send({"id": 10, "method": "workspace/executeCommand", "params": {"command": "katpilot.ask", "arguments": [{"question": "q", "uri": uri, "range": {"start": 1}}]}})
+    server.send(
+        {
+            "id": 10,
+            "method": "workspace/executeCommand",
+            "params": {"command": "katpilot.ask", "arguments": [{"question": "q", "uri": uri, "range": {"start": 1}}]},
+        }
+    )
     error = server.response(10)["error"]
     assert error["code"] == -32602 and "a range must be" in error["message"]
     server.send({"id": 8, "method": "codeAction/resolve", "params": {"title": "x", "data": {"action": "rm -rf"}}})
@@ -122,7 +164,13 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
     server.write(b"Content-Length: 999999999999\r\n\r\n")  # over the size limit: refused, then skipped
     assert server.response(None)["error"]["code"] == -32600
 
-    server.send({"id": 9, "method": "textDocument/inlineCompletion", "params": {**position, "position": {"line": 12, "character": 4}}})
+    server.send(
+        {
+            "id": 9,
+            "method": "textDocument/inlineCompletion",
+            "params": {**position, "position": {"line": 12, "character": 4}},
+        }
+    )
     result = server.response(9)["result"]
     assert len(result["items"]) == 1 and result["items"][0]["insertText"].strip()
     assert server.proc.poll() is None
@@ -140,7 +188,14 @@ def test_tcp_listens_on_loopback_and_serves_a_client(tmp_path: Path) -> None:
         match = re.search(r"listening on (127\.0\.0\.1):(\d+)", line)
         assert match, line
         with socket.create_connection((match.group(1), int(match.group(2))), timeout=TIMEOUT_S) as sock:
-            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+            body = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {"processId": None, "rootUri": None, "capabilities": {}},
+                }
+            ).encode()
             sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
             reply = b""
             while b"capabilities" not in reply or not reply.rstrip().endswith(b"}"):
@@ -155,6 +210,12 @@ def test_tcp_listens_on_loopback_and_serves_a_client(tmp_path: Path) -> None:
 
 def test_a_bad_tcp_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "KATPILOT_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "katpilot", "lsp", "--tcp", "localhost:http"], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "katpilot", "lsp", "--tcp", "localhost:http"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "[HOST:]PORT" in result.stderr

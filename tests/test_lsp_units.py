@@ -11,7 +11,15 @@ from lsprotocol import types
 
 from katpilot.config import Settings
 from lsp.actions import ACTIONS, extract_code, question, reindent, where_tests_go
-from lsp.completion import CURSOR, CursorContext, chat_question, clean_chat_answer, cut_completion, fim_prompt, split_around
+from lsp.completion import (
+    CURSOR,
+    CursorContext,
+    chat_question,
+    clean_chat_answer,
+    cut_completion,
+    fim_prompt,
+    split_around,
+)
 from lsp.documents import BadPosition, OpenDocument, inside
 from lsp.settings import LspSettings, apply_options
 
@@ -134,10 +142,14 @@ def test_inside_resolves_symlinks(tmp_path: Path) -> None:
 
 def test_options_apply_with_the_config_rules() -> None:
     current = LspSettings(base=Settings())
-    updated, problems, reload = apply_options(current, {"katpilot": {"think": "off", "threshold": "0.25", "debounce_ms": 0}})
+    updated, problems, reload = apply_options(
+        current, {"katpilot": {"think": "off", "threshold": "0.25", "debounce_ms": 0}}
+    )
     assert problems == [] and not reload
     assert (updated.base.think, updated.base.threshold, updated.debounce_ms) == ("off", 0.25, 0)
-    updated, problems, reload = apply_options(updated, {"model": "other.gguf", "budget": 0, "max_file_bytes": True, "colour": 1})
+    updated, problems, reload = apply_options(
+        updated, {"model": "other.gguf", "budget": 0, "max_file_bytes": True, "colour": 1}
+    )
     assert reload and updated.base.model == "other.gguf"
     assert updated.base.budget is None and updated.max_file_bytes == current.max_file_bytes
     assert len(problems) == 3
@@ -147,7 +159,9 @@ def test_options_apply_with_the_config_rules() -> None:
     # Eglot sends one settings object to every server: other servers' sections are not ours.
     shared, problems, _ = apply_options(current, {"pylsp": {"plugins": {}}, "think": "on"})
     assert problems == [] and shared.base.think == "on"
-    assert apply_options(current, {"katpilot": {"pylsp": {}}})[1] == ["unknown setting 'pylsp': see the editor guide (docs/lsp.md) for the list"]
+    assert apply_options(current, {"katpilot": {"pylsp": {}}})[1] == [
+        "unknown setting 'pylsp': see the editor guide (docs/lsp.md) for the list"
+    ]
     coder, problems, _ = apply_options(current, {"completion_model": "coder"})
     assert problems == [] and coder.completion_settings().model == "coder" and coder.base.model is None
     assert current.completion_settings() is current.base

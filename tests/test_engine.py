@@ -1,15 +1,19 @@
-"""The local llama.cpp engine on the real embedded model."""
+"""The local llama.cpp engine on the real embedded model; the remote engine's parts that need no server."""
 
 from __future__ import annotations
 
+import io
 import threading
+from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
 from katpilot.chat_template import Message, render
 from katpilot.engine.base import SamplingParams, StreamStats
 from katpilot.engine.local import LocalEngine
-from katpilot.errors import ContextOverflowError
+from katpilot.engine.sse import sse_choices
+from katpilot.errors import ContextOverflowError, EngineError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
 
@@ -45,7 +49,13 @@ def test_seeded_sampling_repeats(engine: LocalEngine) -> None:
 
 def test_max_tokens_stops_with_length(engine: LocalEngine) -> None:
     stats = StreamStats()
-    pieces = list(engine.stream(prompt_for(engine, "Write a long essay on rivers."), SamplingParams(temperature=0.0, max_tokens=7), stats=stats))
+    pieces = list(
+        engine.stream(
+            prompt_for(engine, "Write a long essay on rivers."),
+            SamplingParams(temperature=0.0, max_tokens=7),
+            stats=stats,
+        )
+    )
     assert stats.generated_tokens == 7 and stats.finish_reason == "length"
     assert len(pieces) <= 7
 
@@ -58,7 +68,12 @@ def test_cancel_from_another_thread_stops_within_one_token(engine: LocalEngine) 
     counted_at_cancel: list[int] = []
 
     def consume() -> None:
-        for piece in engine.stream(prompt_for(engine, "Write a long story about a dragon."), SamplingParams(temperature=0.0, max_tokens=500), cancel, stats):
+        for piece in engine.stream(
+            prompt_for(engine, "Write a long story about a dragon."),
+            SamplingParams(temperature=0.0, max_tokens=500),
+            cancel,
+            stats,
+        ):
             pieces.append(piece)
             if len(pieces) == 5:
                 seen_five.set()
@@ -76,7 +91,7 @@ def test_cancel_from_another_thread_stops_within_one_token(engine: LocalEngine) 
     assert len(pieces) >= 5  # what was produced is kept
 
 
-def test_prompt_longer_than_context_is_a_clear_error(model_path) -> None:
+def test_prompt_longer_than_context_is_a_clear_error(model_path: Path) -> None:
     small = LocalEngine(model_path, n_ctx=256, n_threads=2)
     try:
         with pytest.raises(ContextOverflowError) as info:
@@ -95,10 +110,13 @@ def test_continuation_logprobs_are_log_probabilities(engine: LocalEngine) -> Non
     assert first[0] > first[2]  # a plain word beats a made-up tag
 
 
-def test_scoring_a_prompt_near_the_batch_size(engine: LocalEngine, model_path) -> None:
+def test_scoring_a_prompt_near_the_batch_size(engine: LocalEngine, model_path: Path) -> None:
     """A prompt just under n_batch plus a multi-token continuation must not overrun the batch."""
     n_batch = engine.llm.n_batch
-    prompts = {engine.count_tokens(prompt_for(engine, "word " * w)): prompt_for(engine, "word " * w) for w in range(n_batch - 50, n_batch)}
+    prompts = {
+        engine.count_tokens(prompt_for(engine, "word " * w)): prompt_for(engine, "word " * w)
+        for w in range(n_batch - 50, n_batch)
+    }
     for size in (n_batch - 2, n_batch - 1, n_batch):
         fresh = LocalEngine(model_path, n_ctx=2048, n_threads=2)  # empty cache: the whole prompt is one batch
         try:
@@ -114,7 +132,9 @@ def test_tokens_are_counted_not_pieces(engine: LocalEngine) -> None:
     from katpilot.session import ChatSession, ThinkControls
 
     chat = ChatSession(engine, PLAIN, None, SamplingParams(temperature=0.0, max_tokens=40))
-    response = chat.ask("Write 'hello' in Chinese, Japanese and Korean script, then ten emoji.", ThinkControls(think="off"))
+    response = chat.ask(
+        "Write 'hello' in Chinese, Japanese and Korean script, then ten emoji.", ThinkControls(think="off")
+    )
     assert response.stats.completion_tokens <= 40
     if response.stats.finish_reason == "length":
         assert response.stats.completion_tokens == 40
@@ -132,3 +152,44 @@ def test_nested_call_from_the_same_thread_is_an_error_not_a_hang(engine: LocalEn
     finally:
         stream.close()
     assert engine.continuation_logprobs(prompt_for(engine, "hi"), ["Hello"])  # free again
+
+
+def test_a_stream_closed_early_finishes_at_once(engine: LocalEngine) -> None:
+    """Callers stop reading with `.close()`: the engine's cleanup runs then, not at garbage collection."""
+    stats = StreamStats()
+    stream = engine.stream(prompt_for(engine, "Count to ten."), GREEDY, stats=stats)
+    assert isinstance(stream, Generator)
+    next(stream)
+    stream.close()
+    assert stats.finish_reason == "cancelled"
+    assert engine.count_tokens("hello") >= 1  # the engine is free again
+
+
+URL = "http://gpu-box:8000/v1"
+
+
+def test_sse_choices_reads_completion_chunks() -> None:
+    body = (
+        b": keep-alive\n\n"
+        b'data: {"choices": [{"text": "4", "finish_reason": null}]}\n\n'
+        b"event: ping\n\n"
+        b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    assert list(sse_choices(io.BytesIO(body), URL)) == [("4", None), ("", "stop")]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'data: {"error": {"message": "out of\\n  memory"}}\n\n', "failed mid-answer: out of memory"),
+        (b'data: {"choices": [{"text": "4"}]}\n\n', "closed the stream mid-answer"),
+        (b"", "does not look OpenAI-compatible: POST /v1/completions returned no event stream"),
+        (b"data: {not json\n\n", "a streamed event is not JSON"),
+        (b'data: {"id": 1}\n\n', "not a completion chunk"),
+    ],
+)
+def test_sse_choices_turns_a_broken_stream_into_one_error(body: bytes, message: str) -> None:
+    with pytest.raises(EngineError, match=message) as caught:
+        list(sse_choices(io.BytesIO(body), URL))
+    assert URL in caught.value.message and caught.value.fix

@@ -83,15 +83,18 @@ class PromptInput(Input):
 
     (Input leaves Enter to a binding, which runs once the key has bubbled up to the app; by then
     this widget may have inserted the keys typed after it, and submitted "a" Enter "b" as "ab".)
+
+    Only public Textual API: a subclass's `on_key` runs before the base classes' key handlers, and
+    `prevent_default()` keeps them from running (Textual guide, Events, "Default behaviors"). Every
+    other key goes on to Input's own handler, which inserts it. `tests/test_compat_textual.py`
+    checks that this still holds after a Textual upgrade.
     """
 
-    async def _on_key(self, event: events.Key) -> None:
+    async def on_key(self, event: events.Key) -> None:
         if event.key == "enter":
             event.stop()
             event.prevent_default()
             await self.action_submit()
-            return
-        await super()._on_key(event)
 
     async def action_submit(self) -> None:
         value, self.value = self.value, ""

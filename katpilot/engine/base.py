@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,17 +72,21 @@ class Engine(ABC):
         params: SamplingParams,
         cancel: threading.Event | None = None,
         stats: StreamStats | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Generate from a raw prompt, yielding the text of each token as it is sampled.
 
         Stops at end of sequence ("stop"), `params.max_tokens` ("length"), a full context window
         ("context") or when `cancel` is set ("cancelled", checked before every token). What was
         generated before a stop is never lost: it has already been yielded.
+
+        A generator, not just an iterator: a caller that stops reading early calls `.close()`, so
+        the engine's `finally` runs at once (the finish reason is set, the model or the HTTP
+        connection is released) rather than whenever the garbage collector gets to it.
         """
 
     @abstractmethod
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
         """log P(continuation | prompt) for each continuation, or None if the engine cannot tell."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: an engine that holds nothing need not override it
         """Release the model."""

@@ -6,6 +6,7 @@ before every token, the KV cache kept across calls (a chat's second turn reuses 
 prompt; a continuation after the decision point or a closed think block reuses its prompt and
 re-evaluates the tokens sampled one at a time once, as a batch: see `_batched_upto`), and
 next-token probabilities at the decision point without `logits_all` (which slows every token).
+The last three need llama-cpp-python internals: every such use goes through `llama_compat`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from katpilot.engine import llama_compat
 from katpilot.engine.base import Engine, ModelInfo, SamplingParams, StreamStats
 from katpilot.errors import ContextOverflowError, EngineError, ModelFileError
 from katpilot.gguf_file import read_gguf, require_chat_template
@@ -43,7 +45,6 @@ class LocalEngine(Engine):
         require_chat_template(summary)
         import llama_cpp  # imported here: a bad file must be reported before native code loads
 
-        self._llama_cpp = llama_cpp
         train_ctx = summary.context_length or n_ctx
         threads = n_threads or default_threads()
         try:
@@ -61,7 +62,7 @@ class LocalEngine(Engine):
             ) from exc
         self._lock = threading.Lock()
         self._owner: int | None = None  # the thread inside _exclusive()
-        self._vocab = self.llm._model.vocab
+        self._vocab = llama_compat.vocab(self.llm)
         self._n_vocab = self.llm.n_vocab()
         # The token ids and text of the last prompt + generation, to continue it without re-tokenizing.
         self._history_bytes = b""
@@ -125,7 +126,7 @@ class LocalEngine(Engine):
         return self._tokenize(data, add_bos=add_bos)
 
     def _is_end(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return llama_compat.is_end_of_generation(self._vocab, token)
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class LocalEngine(Engine):
         params: SamplingParams,
         cancel: threading.Event | None = None,
         stats: StreamStats | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         stats = stats if stats is not None else StreamStats()
         with self._exclusive():
             tokens = self._prompt_tokens(prompt)
@@ -152,7 +153,7 @@ class LocalEngine(Engine):
             reused = min(self._cached_prefix(tokens), self._batched_upto, max(0, len(tokens) - 2))
             if reused and (len(tokens) - reused) % self.llm.n_batch == 1:
                 reused -= 1  # Llama.eval splits by n_batch: never leave a one-token batch
-            self.llm.n_tokens = reused
+            llama_compat.truncate_cache(self.llm, reused)
             stats.reused_tokens = reused
             self._batched_upto = len(tokens)
             self.llm.set_seed(RANDOM_SEED if params.seed is None else params.seed)
@@ -193,7 +194,9 @@ class LocalEngine(Engine):
                         stats.finish_reason = "context"
                         break
             except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
-                raise EngineError(f"llama.cpp failed while generating: {exc}", "retry; if it persists, lower n_ctx") from exc
+                raise EngineError(
+                    f"llama.cpp failed while generating: {exc}", "retry; if it persists, lower n_ctx"
+                ) from exc
             finally:
                 # A stop inside a multi-byte character leaves bytes that are no text: drop them.
                 incomplete = decoder.decode(b"", final=True) != ""
@@ -211,7 +214,7 @@ class LocalEngine(Engine):
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens are already in the KV cache."""
-        cached = self.llm._input_ids
+        cached = llama_compat.cached_tokens(self.llm)
         n = min(len(cached), len(tokens))
         if n == 0:
             return 0
@@ -222,20 +225,10 @@ class LocalEngine(Engine):
 
     def _log_softmax_at(self, index: int) -> np.ndarray:
         """Log-probabilities of the next token at row `index` of the last decoded batch."""
-        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
+        logits = llama_compat.logits_row(self.llm, index, self._n_vocab)
         top = logits.max()
-        return logits - top - np.log(np.exp(logits - top).sum())
-
-    def _decode_batch(self, tokens: list[int]) -> None:
-        """Evaluate `tokens` after the cached ones as one batch, keeping logits for every row."""
-        llm = self.llm
-        n_past = llm.n_tokens
-        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
-        llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
-        llm._ctx.decode(llm._batch)
-        llm.input_ids[n_past : n_past + len(tokens)] = tokens
-        llm.n_tokens = n_past + len(tokens)
+        log_probs: np.ndarray = logits - top - np.log(np.exp(logits - top).sum())
+        return log_probs
 
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float]:
         with self._exclusive():
@@ -254,14 +247,14 @@ class LocalEngine(Engine):
             if (bulk_end - keep) % self.llm.n_batch == 1:
                 bulk_end -= 1  # Llama.eval splits by n_batch: never leave a one-token batch
             if bulk_end > keep:
-                self.llm.n_tokens = keep
+                llama_compat.truncate_cache(self.llm, keep)
                 self.llm.eval(base[keep:bulk_end])
                 keep = bulk_end
             results = []
             for cont in conts:
-                self.llm.n_tokens = keep
+                llama_compat.truncate_cache(self.llm, keep)
                 region = base[keep:] + cont[:-1]
-                self._decode_batch(region)
+                llama_compat.decode_batch(self.llm, region)
                 first_row = len(base) - keep - 1  # the row whose logits predict cont[0]
                 results.append(sum(float(self._log_softmax_at(first_row + i)[t]) for i, t in enumerate(cont)))
             self._batched_upto = len(base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from katpilot.models import embedded_model_path
 def katpilot_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own config/data/cache directories: the real user's are never touched."""
     home = tmp_path_factory.mktemp("home")
+    # Every setting, and any added later; OPENAI_API_KEY is the remote engine's fallback key.
+    for name in [n for n in os.environ if n.startswith("KATPILOT_") or n == "OPENAI_API_KEY"]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("KATPILOT_HOME", str(home))
-    for name in ("MODEL", "THINK", "PROFILE", "N_CTX", "SEED", "TEMPERATURE"):
-        monkeypatch.delenv(f"KATPILOT_{name}", raising=False)
     return home
 
 

@@ -2,8 +2,13 @@
 (`python -m llama_cpp.server`, extra `server`) on the embedded model, started on loopback once per
 test run. Fake servers appear only to make a failure happen on purpose (garbage, hangs).
 
-The local engine (conftest's `engine`) is the reference: the same greedy settings must give the
-same text, the same token counts and p(on) within 1e-3 through the server.
+What is promised across engines, and tested here: the server is sent exactly the prompt and
+sampling settings the local engine would get; p(on) agrees within 1e-3; greedy text and token counts
+agree except where the local engine itself sees a near tie (NEAR_TIE_NATS) at the first token they
+differ on. llama.cpp's floating-point results depend on the CPU's kernels and on how the prompt
+is split into batches, so bit-equal text across two processes cannot be promised on every x86-64
+machine (docs/remote.md). A front end on the remote engine (CLI, LSP) is compared with the remote
+engine used in-process on the same server, which is exact.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +44,9 @@ START_TIMEOUT_S = 60
 KATPILOT = [sys.executable, "-m", "katpilot"]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 QUESTION = "What is the capital of France?"
+# Two log-probabilities closer than this are a tie that float differences between two llama.cpp
+# processes (kernels, batch shapes) may break either way; measured differences are ~1e-4 nats.
+NEAR_TIE_NATS = 0.05
 
 
 # -- a real llama-cpp-python server ---------------------------------------------------------------
@@ -119,6 +127,33 @@ def engine(model_path: Path) -> Iterator[Engine]:
     eng.close()
 
 
+class Recording(Engine):
+    """A real engine, passed through, keeping each stream's prompt and token pieces."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.info = engine.info
+        self.streams: list[tuple[str, list[str]]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
+        return self.engine.continuation_logprobs(prompt, continuations)
+
+    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+               stats: StreamStats | None = None) -> Generator[str, None, None]:
+        pieces: list[str] = []
+        self.streams.append((prompt, pieces))
+        inner = self.engine.stream(prompt, params, cancel, stats)
+        try:
+            for piece in inner:
+                pieces.append(piece)
+                yield piece
+        finally:
+            inner.close()  # type: ignore[attr-defined]
+
+
 def session(engine: Engine, profile: str) -> ChatSession:
     info = engine.info
     return ChatSession(engine, get_profile(profile, info.chat_template, info.tags_in_vocab), "You are helpful.", GREEDY)
@@ -134,12 +169,27 @@ def summary(engine: Engine, profile: str, question: str, controls: ThinkControls
     }
 
 
-def assert_same(local: dict[str, object], remote: dict[str, object]) -> None:
-    lp, rp = local.pop("p_on"), remote.pop("p_on")
-    assert remote == local
+def assert_agree(local: Recording, remote: Recording, local_summary: dict[str, object], remote_summary: dict[str, object]) -> None:
+    """The same response, or one that parts from the local one only at a near tie of the local engine."""
+    lp, rp = local_summary.pop("p_on"), remote_summary.pop("p_on")
     assert (lp is None) == (rp is None)
     if lp is not None:
         assert abs(lp - rp) < 1e-3  # type: ignore[operator]
+    if remote_summary == local_summary:
+        return
+    for (prompt, mine), (sent, theirs) in zip(local.streams, remote.streams):
+        if (prompt, mine) == (sent, theirs):
+            continue
+        assert sent == prompt, "the server was sent another prompt than the local engine"
+        k = len(os.path.commonprefix([mine, theirs]))
+        eos = local.info.eos_token
+        options = [mine[k] if k < len(mine) else eos, theirs[k] if k < len(theirs) else eos]
+        scores = local.engine.continuation_logprobs(prompt + "".join(mine[:k]), options)
+        assert scores is not None
+        gap = abs(scores[0] - scores[1])
+        assert gap < NEAR_TIE_NATS, f"the engines part at token {k} ({options}) where the local engine is sure ({gap:.3f} nats)"
+        return
+    pytest.fail(f"the responses differ but every stream agreed: {local_summary} != {remote_summary}")
 
 
 # -- selection ------------------------------------------------------------------------------------
@@ -186,7 +236,8 @@ def test_api_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("think", ["auto", "on", "off"])
 def test_session_matches_local_engine(engine: Engine, remote: RemoteEngine, profile: str, think: str) -> None:
     controls = ThinkControls(think=think, budget=5)  # type: ignore[arg-type]
-    assert_same(summary(engine, profile, QUESTION, controls), summary(remote, profile, QUESTION, controls))
+    local, far = Recording(engine), Recording(remote)
+    assert_agree(local, far, summary(local, profile, QUESTION, controls), summary(far, profile, QUESTION, controls))
 
 
 def test_p_on_matches_local_engine_at_the_decision_point(engine: Engine, remote: RemoteEngine) -> None:
@@ -208,20 +259,19 @@ def test_count_tokens_matches_local_engine(engine: Engine, remote: RemoteEngine)
     assert not remote.token_counts_estimated
 
 
-def test_ask_cli_gives_the_local_answer(llama_server: LlamaServer) -> None:
-    def ask(model: str | None) -> dict[str, object]:
-        args = [*KATPILOT, "ask", "--json", "--think", "off", "--temperature", "0", "--max-tokens", "30", "--n-ctx", "2048", "--n-threads", "1", "What is 2+2?"]
-        env = {**os.environ, "KATPILOT_API_KEY": KEY}
-        if model:
-            args[4:4] = ["--model", model]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
-        assert result.returncode == 0, result.stderr
-        assert KEY not in result.stdout + result.stderr
-        return json.loads(result.stdout)
-
-    local, far = ask(None), ask(llama_server.spec)
-    assert far["answer"] == local["answer"] and far["answer"]
-    assert far["stats"]["completion_tokens"] == local["stats"]["completion_tokens"]  # type: ignore[index]
+def test_ask_cli_gives_the_remote_engines_answer(llama_server: LlamaServer) -> None:
+    """`katpilot ask --model openai+http://...` answers what the remote engine answers in-process."""
+    flags = {"think": "off", "temperature": 0.0, "max_tokens": 30, "n_ctx": 2048, "model": llama_server.spec, "api_key": KEY}
+    args = [*KATPILOT, "ask", "--json", "--model", llama_server.spec, "--think", "off", "--temperature", "0",
+            "--max-tokens", "30", "--n-ctx", "2048", "What is 2+2?"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "KATPILOT_API_KEY": KEY}, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    far = json.loads(result.stdout)
+    settings = load_settings(flags).settings
+    expected = new_session(load_engine(settings), settings).ask("What is 2+2?", ThinkControls(think="off"))
+    assert far["answer"] == expected.answer and far["answer"]
+    assert far["stats"]["completion_tokens"] == expected.stats.completion_tokens
 
 
 def test_models_lists_the_servers_models(llama_server: LlamaServer, model_path: Path) -> None:
@@ -443,14 +493,22 @@ def test_session_through_remote_new_session(llama_server: LlamaServer, monkeypat
     assert response.answer and response.decided_by == "user"
 
 
-def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServer, engine: Engine, tmp_path: Path) -> None:
-    """`katpilot lsp --model openai+http://...`: the same completion as the local engine gives."""
+def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServer, tmp_path: Path) -> None:
+    """`katpilot lsp --model openai+http://...`: the completion the remote engine gives for the same
+    cursor and repository context, and answers from the server's model.
+
+    The prompt holds the definitions the index finds near the cursor (`square` from calc.py), so
+    the test waits for the first index build (a code action waits for it) before completing: the
+    completion raced the index build before, and its prompt depended on which came first.
+    """
     import threading
 
     from lsprotocol import types
 
     from katpilot.config import load_settings
+    from katpilot.index.repo import RepoIndex
     from lsp import generate
+    from lsp.work import describe_definition
     from lsp_helpers import CALC_PY, Client
 
     root = tmp_path / "ws"
@@ -460,16 +518,27 @@ def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServe
     home.mkdir()
     options = {"model": llama_server.spec, "n_ctx": 2048, "debounce_ms": 0, "completion_max_tokens": 24, "max_tokens": 32, "think": "off"}
     client = Client(root, home, init_options=options, env={"KATPILOT_API_KEY": KEY})
+    text = "def square(x):\n    "
     try:
-        uri = client.open(root / "scratch.py", "def square(x):\n    ")
+        calc = client.open(root / "calc.py", CALC_PY)
+        inside_mean = types.Range(types.Position(6, 8), types.Position(6, 8))
+        context = types.CodeActionContext(diagnostics=[])
+        assert client.request(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionParams(types.TextDocumentIdentifier(calc), inside_mean, context))
+        uri = client.open(root / "scratch.py", text)
         result = client.inline(uri, 1, 4)
         answer = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": QUESTION}]))
     finally:
         assert client.close() == 0, client.server_log()
+    index = RepoIndex(root)
+    index.refresh()
+    repo_context = [describe_definition(d) for d in index.definitions_near(root / "scratch.py", 1, text=text)]
+    assert repo_context == ["calc.py:12: def square(x):"]
+    far = RemoteEngine(llama_server.spec, api_key=KEY, n_ctx=2048)
     settings = load_settings({"n_ctx": 2048}).settings
-    ctx = generate.cursor_context(engine, "def square(x):\n    ", 19, "scratch.py", "python", [], 24)
-    local = generate.complete(engine, settings, ctx, generate.completion_sampling(settings, 24), threading.Event())
-    assert result.items and result.items[0].insert_text == local
-    assert answer["model"] == RemoteEngine(llama_server.spec, api_key=KEY, n_ctx=2048).info.name  # the server's model answered
+    ctx = generate.cursor_context(far, text, len(text), "scratch.py", "python", repo_context, 24)
+    expected = generate.complete(far, settings, ctx, generate.completion_sampling(settings, 24), threading.Event())
+    assert expected.strip()
+    assert result.items and result.items[0].insert_text == expected
+    assert answer["model"] == far.info.name  # the server's model answered
     assert answer["answer"].strip()
     assert "no repository context" not in " ".join(m.message for m in client.messages)

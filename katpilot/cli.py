@@ -16,9 +16,9 @@ import typer
 
 from katpilot import config as config_mod
 from katpilot.errors import KatpilotError
-from katpilot.gate import KAT_TAGS
 
 if TYPE_CHECKING:
+    from katpilot.index import RefreshReport, RepoIndex
     from katpilot.session import Response
 
 app = typer.Typer(
@@ -69,11 +69,28 @@ def _with_context(question: str, context: str) -> str:
     return f"{question}\n\n```\n{context.rstrip()}\n```"
 
 
+def _who_decided(decided_by: str, profile: str) -> str:
+    """Who chose the think mode, as the footer says it; for nobody ("none"), why nobody did.
+
+    A plain model has no decision point: printing "model" there claimed a choice that never happened.
+    """
+    from katpilot.session import NO_DECISION
+
+    if decided_by != NO_DECISION:
+        return decided_by
+    from katpilot.profiles import PROFILES
+
+    known = PROFILES.get(profile)
+    if known is not None and known.decision == "none":
+        return f"no decision: {profile} model"
+    return "no decision: it ended before the decision point"
+
+
 def _status_line(response: Response) -> str:
     stats = response.stats
     p_on = f", p(on)={response.p_on:.3f}" if response.p_on is not None else ""
     parts = [
-        f"think {response.mode} ({response.decided_by}{p_on})",
+        f"think {response.mode} ({_who_decided(response.decided_by, response.profile)}{p_on})",
         f"{stats.completion_tokens} tokens (judge {stats.judge_tokens}, think {stats.think_tokens}, answer {stats.answer_tokens})",
         f"{stats.tokens_per_s:.0f} tok/s",
     ]
@@ -106,7 +123,7 @@ def ask(
     """Ask one question; the answer goes to stdout, thinking (if shown) to stderr."""
     from katpilot.gate import Decision, Segment, Text
     from katpilot.models import load_engine, new_session, think_controls
-    from katpilot.session import Finished, Notice
+    from katpilot.session import NO_DECISION, Finished, Notice
 
     resolved = config_mod.load_settings(
         _flags(
@@ -138,7 +155,10 @@ def ask(
             err.write(event.text)
             err.flush()
         elif isinstance(event, Decision) and show_thinking:
-            err.write(f"\n[decision: think {event.mode} by {event.decided_by}]\n")
+            if event.decided_by == NO_DECISION:
+                err.write(f"\n[think {event.mode} ({_who_decided(event.decided_by, session.profile.name)})]\n")
+            else:
+                err.write(f"\n[decision: think {event.mode} by {event.decided_by}]\n")
             current = None
         elif isinstance(event, Notice):
             err.write(f"\nkatpilot: {event.text}\n")
@@ -198,40 +218,12 @@ def models_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a GGUF's metadata: architecture, size, quantization, template, profile, tags, MTP heads."""
-    from katpilot.gguf_file import read_gguf
+    from katpilot.gguf_file import format_model_info, read_gguf
     from katpilot.profiles import detect_profile
 
     summary = read_gguf(path)
-    template = summary.chat_template
-    info = {
-        "path": str(summary.path),
-        "name": summary.name,
-        "architecture": summary.architecture,
-        "parameters": summary.parameter_count,
-        "quantization": summary.file_type,
-        "file_size": summary.file_size,
-        "context_length": summary.context_length,
-        "profile": detect_profile(template, summary.tags_in_vocab).name,
-        "autothink_tags": sorted(summary.tags_in_vocab | {t for t in KAT_TAGS if template and t in template}),
-        "mtp_heads": summary.mtp_heads,
-        "chat_template": template,
-    }
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        if key == "chat_template":
-            continue
-        if key == "parameters":
-            value = f"{value / 1e6:.1f}M"
-        elif key == "file_size":
-            value = f"{value / 2**20:.1f} MiB"
-        elif key == "autothink_tags":
-            value = " ".join(value) or "none"
-        typer.echo(f"{key:<16} {value}")
-    typer.echo("chat_template:" if template else "chat_template    none")
-    if template:
-        typer.echo("  " + template.replace("\n", "\n  "))
+    info = summary.model_info(detect_profile(summary.chat_template, summary.tags_in_vocab).name)
+    typer.echo(json.dumps(info, indent=2) if as_json else format_model_info(info))
 
 
 @config_app.command("show")
@@ -282,14 +274,7 @@ def chat_command(
     chat_id = None
     if resume is not None:
         with History() as store:
-            if resume == "last":
-                chat_id = store.last_chat_id()
-                if chat_id is None:
-                    raise KatpilotError("there is no chat to resume yet", "start one with `katpilot chat`")
-            elif resume.isdigit():
-                chat_id = store.chat(int(resume)).id
-            else:
-                raise KatpilotError(f"--resume takes a chat ID or 'last', not '{resume}'", "see `katpilot history`")
+            chat_id = store.resolve_chat(resume)
     ChatApp(settings, workspace=workspace, resume=chat_id).run()
 
 
@@ -351,7 +336,7 @@ RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory."
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")]
 
 
-def _refresh_index(path: Path, exclude: list[str] | None, show_progress: bool):  # -> RepoIndex, RefreshReport
+def _refresh_index(path: Path, exclude: list[str] | None, show_progress: bool) -> tuple[RepoIndex, RefreshReport]:
     """Open the repository's index and bring it up to date, with a progress bar on a terminal."""
     from katpilot.index import RepoIndex
 
@@ -402,16 +387,7 @@ def map_command(
     with index:
         for notice in report.notices:
             typer.echo(f"katpilot: {notice}", err=True)
-        files, names = [], []
-        for item in focus or []:
-            # A file is named from the current directory, or from the repository's root.
-            found = next((p for p in (Path(item).expanduser().resolve(), index.root / item) if p.is_file()), None)
-            if found is not None:
-                files.append(str(found))
-            elif index.definitions(name=item):
-                names.append(item)
-            else:
-                raise KatpilotError(f"--focus {item} is neither a file nor a defined name", "give a file path or a function/class name")
+        files, names = index.resolve_focus(focus or [])
         typer.echo(index.repo_map(tokens, focus_files=files, focus_names=names), nl=False)
 
 

@@ -23,6 +23,7 @@ import re
 import stat
 import struct
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -101,6 +102,58 @@ class GGUFSummary:
     metadata: dict[str, object]  # scalar and string metadata; arrays as "[TYPE x n]"
     tensor_count: int = 0
 
+    @property
+    def autothink_tags(self) -> frozenset[str]:
+        """AutoThink tags the model knows: single tokens of its vocabulary, or written in its template.
+
+        A template can name a tag that the tokenizer splits into pieces; both say the model was
+        made for the format, which is what `models info` reports.
+        """
+        template = self.chat_template or ""
+        return self.tags_in_vocab | {tag for tag in AUTOTHINK_TAGS if tag in template}
+
+    def model_info(self, profile: str) -> dict[str, object]:
+        """The fields `katpilot models info` shows (its `--json` shape), in display order.
+
+        `profile` is the family the profile rules detect (`profiles.detect_profile`); it is passed
+        in so that this module, which validates files, does not depend on those rules.
+        """
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "architecture": self.architecture,
+            "parameters": self.parameter_count,
+            "quantization": self.file_type,
+            "file_size": self.file_size,
+            "context_length": self.context_length,
+            "profile": profile,
+            "autothink_tags": sorted(self.autothink_tags),
+            "mtp_heads": self.mtp_heads,
+            "chat_template": self.chat_template,
+        }
+
+
+def format_model_info(info: Mapping[str, object]) -> str:
+    """`model_info` for people: one aligned `key value` line each, sizes in M and MiB, then the
+    chat template indented (it is long and multi-line, so it comes last)."""
+    lines = []
+    for key, value in info.items():
+        if key == "chat_template":
+            continue
+        if key == "parameters" and isinstance(value, (int, float)):
+            value = f"{value / 1e6:.1f}M"
+        elif key == "file_size" and isinstance(value, (int, float)):
+            value = f"{value / 2**20:.1f} MiB"
+        elif key == "autothink_tags" and isinstance(value, list):
+            value = " ".join(value) or "none"
+        lines.append(f"{key:<16} {value}")
+    template = info.get("chat_template")
+    if isinstance(template, str) and template:
+        lines += ["chat_template:", "  " + template.replace("\n", "\n  ")]
+    else:
+        lines.append("chat_template    none")
+    return "\n".join(lines)
+
 
 # --- internal failures; read_gguf turns each into a ModelFileError ---------------------------------
 
@@ -164,10 +217,12 @@ class _Cursor:
         return fmt.unpack_from(self.buf, self.take(fmt.size))[0]
 
     def u32(self) -> int:
-        return _U32.unpack_from(self.buf, self.take(4))[0]
+        value: int = _U32.unpack_from(self.buf, self.take(4))[0]
+        return value
 
     def u64(self) -> int:
-        return _U64.unpack_from(self.buf, self.take(8))[0]
+        value: int = _U64.unpack_from(self.buf, self.take(8))[0]
+        return value
 
     def raw_string(self, what: str) -> bytes:
         n = self.u64()

@@ -164,7 +164,7 @@ class History:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _write(self, sql: str, args: tuple) -> int:
+    def _write(self, sql: str, args: tuple[object, ...]) -> int:
         try:
             with self.db:
                 return self.db.execute(sql, args).lastrowid or 0
@@ -218,6 +218,21 @@ class History:
         row = self.db.execute("SELECT id FROM chats ORDER BY updated_at DESC, id DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
+    def resolve_chat(self, ref: str) -> int:
+        """The chat a `--resume` value names: "last" (the most recently used) or a chat's ID.
+
+        The rule lives here, beside the chats it reads, so every front end resolves a reference
+        the same way and a bad one is refused with the same message.
+        """
+        if ref == "last":
+            chat_id = self.last_chat_id()
+            if chat_id is None:
+                raise KatpilotError("there is no chat to resume yet", "start one with `katpilot chat`")
+            return chat_id
+        if ref.isdigit():
+            return self.chat(int(ref)).id
+        raise KatpilotError(f"--resume takes a chat ID or 'last', not '{ref}'", "see `katpilot history`")
+
     def chat(self, chat_id: int) -> ChatSummary:
         found = [c for c in self.chats(limit=-1) if c.id == chat_id]
         if not found:
@@ -231,12 +246,20 @@ class History:
             (chat_id,),
         )
         return [
-            StoredMessage(*row[:9], stats=json.loads(row[9] or "{}"), partial=bool(row[10]), created_at=row[11]) for row in rows
+            StoredMessage(
+                id=row[0], chat_id=row[1], role=row[2], content=row[3], judge=row[4], think=row[5], mode=row[6],
+                decided_by=row[7], p_on=row[8], stats=json.loads(row[9] or "{}"), partial=bool(row[10]), created_at=row[11],
+            )
+            for row in rows
         ]
 
     def conversation(self, chat_id: int) -> list[Message]:
         """The chat as session history: user turns and the answers (never the thinking)."""
-        return [Message(m.role, m.content) for m in self.messages(chat_id) if m.role in ("user", "assistant")]
+        return [
+            Message("user" if m.role == "user" else "assistant", m.content)
+            for m in self.messages(chat_id)
+            if m.role in ("user", "assistant")
+        ]
 
     def export_markdown(self, chat_id: int) -> str:
         """The chat as Markdown: questions, answers, and the thinking in collapsible blocks."""
@@ -247,7 +270,9 @@ class History:
                 lines += ["## You", "", m.content, ""]
                 continue
             badge = f"think {m.mode}" if m.mode else ""
-            if m.decided_by:
+            if m.decided_by == "none":  # session.NO_DECISION: a plain model, nobody chose the mode
+                badge += " (no decision)"
+            elif m.decided_by:
                 badge += f" ({m.decided_by}" + (f", p(on)={m.p_on:.2f}" if m.p_on is not None else "") + ")"
             lines += [f"## katpilot{' · ' + badge if badge else ''}{' · stopped' if m.partial else ''}", ""]
             if m.judge or m.think:

@@ -12,6 +12,10 @@ only its new tokens):
    - a judge longer than JUDGE_MAX_TOKENS: close it, then decide as above;
    - the think budget spent: close the think block in the model's format and continue;
    - `</answer>` (KAT): done.
+
+Who settled the mode is reported as it happened (`DecidedBy`): the model, the user, or no one. A
+plain model has no decision point, and a response can end before reaching one; calling either
+"the model's decision" would credit AutoThink with savings it never made.
 """
 
 from __future__ import annotations
@@ -19,19 +23,28 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Literal
 
 from katpilot import gate
 from katpilot.chat_template import Message, render
 from katpilot.config import check_value
 from katpilot.engine.base import Engine, SamplingParams, StreamStats
 from katpilot.errors import ContextOverflowError, KatpilotError
-from katpilot.gate import Decision, End, ModeGate, Segment, Text
+from katpilot.gate import Decision, End, Mode, ModeGate, Origin, Segment, Text
 from katpilot.profiles import JUDGE_MAX_TOKENS, Profile, ThinkMode
 
 # Room kept for the answer when old turns are trimmed: at most a quarter of the window.
 ANSWER_ROOM_FRACTION = 4
+
+# Who settled a response's think mode. "model": its judge's p(on) against the threshold, or the
+# tags it wrote itself; "user": think=on/off forced it; "none": nobody, because the profile has no
+# decision point (plain models answer as they always do) or the response ended before reaching it.
+# `mode` still says what happened ("off" when there is no think block).
+DecidedBy = Literal["model", "user", "none"]
+NO_DECISION: DecidedBy = "none"
 
 
 @dataclass(frozen=True)
@@ -83,8 +96,8 @@ class Response:
     judge: str
     think: str
     answer: str
-    mode: str
-    decided_by: str
+    mode: Mode
+    decided_by: DecidedBy
     p_on: float | None
     threshold: float
     profile: str
@@ -208,9 +221,13 @@ class ChatSession:
         controls: ThinkControls | None = None,
         cancel: threading.Event | None = None,
         sampling: SamplingParams | None = None,
-    ) -> Iterator[SessionEvent]:
-        """Ask and stream the answer as events; the last one is `Finished`."""
-        run = _Run(self, controls or ThinkControls(), cancel, sampling or self.sampling)
+    ) -> Generator[SessionEvent, None, None]:
+        """Ask and stream the answer as events; the last one is `Finished`.
+
+        A generator, not just an iterator: a caller that stops reading early (a stop sequence, a
+        newer LSP request) calls `.close()`, which closes the engine's stream at once.
+        """
+        run = _ResponseRun(self, controls or ThinkControls(), cancel, sampling or self.sampling)
         yield from run.events(user_text)
         response = run.response
         self.history += [Message("user", user_text), Message("assistant", response.answer)]
@@ -224,8 +241,19 @@ class ChatSession:
         raise AssertionError("send() always ends with Finished")
 
 
-class _Run:
-    """The state of one response while it streams."""
+class _Action(Enum):
+    """Why the session stops the model's stream to step in before it goes on."""
+
+    ANSWER_DONE = "answer_done"  # `</answer>` seen (kat): the response is complete
+    DECIDE = "decide"  # `</judge>` seen (kat, think=auto): score p(on) and choose the mode
+    CLOSE_JUDGE = "close_judge"  # the judge reached JUDGE_MAX_TOKENS: close it, then decide
+    END_IN_JUDGE = "end_in_judge"  # the model stopped inside the judge: close it, then decide
+    CLOSE_THINK = "close_think"  # the think budget is spent: close the block so the model answers
+    END_IN_THINK = "end_in_think"  # the model stopped while thinking: close the block once
+
+
+class _ResponseRun:
+    """The state of one response while it streams (one `ChatSession.send`)."""
 
     def __init__(
         self, session: ChatSession, controls: ThinkControls, cancel: threading.Event | None, sampling: SamplingParams
@@ -244,6 +272,9 @@ class _Run:
         self.text = ""  # prompt + everything after it so far
         self.closed_think = False  # the session closed the think block once already
         self.decision_tried = False  # the KAT decision point was handled (scored or not)
+        # think=auto on a profile with no decision point (plain): whatever mode the text shows,
+        # nobody chose it, so the gate's "model" is reported as NO_DECISION.
+        self.nobody_decides = controls.think == "auto" and self.profile.decision == "none"
         self.response: Response
 
     # events ----------------------------------------------------------------------------------
@@ -259,7 +290,14 @@ class _Run:
                         self.stats.time_to_first_answer_token_s = time.perf_counter() - self.t0
                     yield clean
             elif isinstance(event, Decision):
-                yield event
+                yield self._reported(event)
+
+    def _reported(self, decision: Decision) -> Decision:
+        """The gate's decision as it happened: a plain model's answer text settles no choice."""
+        if self.nobody_decides and decision.decided_by == "model":
+            # gate.Origin has no "none" yet (gate.py is typed for the two deciders it knows).
+            return Decision(decision.mode, NO_DECISION, None)  # type: ignore[arg-type]
+        return decision
 
     def _inject(self, text: str) -> Iterator[SessionEvent]:
         """Append text the session writes into the assistant turn (prefills, closing tags)."""
@@ -270,8 +308,8 @@ class _Run:
         self.notices.append(text)
         return Notice(text)
 
-    def _decide(self, mode: str, decided_by: str, p_on: float | None) -> Iterator[SessionEvent]:
-        yield from self._emit(self.gate.decide(mode, decided_by, p_on))  # type: ignore[arg-type]
+    def _decide(self, mode: Mode, decided_by: Origin, p_on: float | None) -> Iterator[SessionEvent]:
+        yield from self._emit(self.gate.decide(mode, decided_by, p_on))
 
     # decision point ----------------------------------------------------------------------------
 
@@ -306,16 +344,16 @@ class _Run:
         if p_on is None:
             yield self._notice("p(on) is not available from this engine: the model decides")
             return  # let the model write its own decision tag
-        mode = "on" if p_on >= self.controls.threshold else "off"
+        mode: Mode = "on" if p_on >= self.controls.threshold else "off"
         yield from self._decide(mode, "model", p_on)
-        yield from self._inject(self._separator() + self.profile.prefill(mode))  # type: ignore[arg-type]
+        yield from self._inject(self._separator() + self.profile.prefill(mode))
 
     def _think_decision(self) -> Iterator[SessionEvent]:
         p_on = self._score_think()
         self.p_on = p_on
         if p_on is None:
             return
-        mode = "on" if p_on >= self.controls.threshold else "off"
+        mode: Mode = "on" if p_on >= self.controls.threshold else "off"
         yield from self._decide(mode, "model", p_on)
         if mode == "off":
             yield from self._inject(self.profile.close_think)
@@ -349,7 +387,7 @@ class _Run:
                 break
             engine_stats = StreamStats()
             params = replace(self.sampling, max_tokens=left)
-            action = None
+            action: _Action | None = None
             counted = 0  # tokens of this stream already attributed to a segment
             stream = self.engine.stream(self.text, params, self.cancel, engine_stats)
             try:
@@ -365,10 +403,10 @@ class _Run:
                     counted = engine_stats.generated_tokens
                     yield from self._emit(events)
                     action = self._action()
-                    if action:
+                    if action is not None:
                         break
             finally:
-                stream.close()  # type: ignore[attr-defined]
+                stream.close()
             if engine_stats.generated_tokens > counted:  # tokens that yielded no text (a cut character)
                 self._count([], engine_stats.generated_tokens - counted)
             if self.stats.prompt_tokens == 0:
@@ -376,24 +414,24 @@ class _Run:
                 self.stats.reused_prompt_tokens = engine_stats.reused_tokens
             if action is None and engine_stats.finish_reason == "stop":
                 if self._judge_pending():
-                    action = "end_in_judge"
+                    action = _Action.END_IN_JUDGE
                 elif self.gate.segment is Segment.THINK and not self.closed_think:
-                    action = "end_in_think"  # it stopped while thinking: make it answer
+                    action = _Action.END_IN_THINK  # it stopped while thinking: make it answer
             if action is None:
                 finish = engine_stats.finish_reason or "stop"
                 break
-            if action == "answer_done":
+            if action is _Action.ANSWER_DONE:
                 finish = "stop"
                 break
-            if action in ("close_judge", "end_in_judge"):
-                why = f"ran past {JUDGE_MAX_TOKENS} tokens" if action == "close_judge" else "ended unclosed"
+            if action in (_Action.CLOSE_JUDGE, _Action.END_IN_JUDGE):
+                why = f"ran past {JUDGE_MAX_TOKENS} tokens" if action is _Action.CLOSE_JUDGE else "ended unclosed"
                 yield self._notice(f"the judge {why}: closed it to reach the think decision")
                 yield from self._inject(profile.close_judge)
-                action = "decide"
-            if action == "decide":
+                action = _Action.DECIDE
+            if action is _Action.DECIDE:
                 yield from self._kat_decision()
-            elif action in ("close_think", "end_in_think"):
-                if action == "close_think":
+            elif action in (_Action.CLOSE_THINK, _Action.END_IN_THINK):
+                if action is _Action.CLOSE_THINK:
                     yield self._notice(f"thinking budget of {controls.budget} tokens reached: answering now")
                 self.closed_think = True
                 yield from self._inject(profile.close_think)
@@ -413,23 +451,23 @@ class _Run:
         )
         setattr(self.stats, name, getattr(self.stats, name) + n_tokens)
 
-    def _action(self) -> str | None:
+    def _action(self) -> _Action | None:
         """What the session must do before the model goes on, if anything."""
         g, profile, controls = self.gate, self.profile, self.controls
         if profile.stop_after_answer and g.answer_closed:
-            return "answer_done"
+            return _Action.ANSWER_DONE
         if controls.think == "auto" and profile.decision == "kat" and g.mode is None:
             if g.awaiting_decision and not self.decision_tried:
-                return "decide"
+                return _Action.DECIDE
             if self._judge_pending() and self.stats.judge_tokens >= JUDGE_MAX_TOKENS:
-                return "close_judge"
+                return _Action.CLOSE_JUDGE
         if (
             controls.budget is not None
             and g.segment is Segment.THINK
             and g.mode == "on"
             and self.stats.think_tokens >= controls.budget
         ):
-            return "close_think"
+            return _Action.CLOSE_THINK
         return None
 
     def _judge_pending(self) -> bool:
@@ -443,17 +481,21 @@ class _Run:
         )
 
     def _finish(self) -> None:
-        for event in self.gate.close():
+        g = self.gate
+        reached = g.mode is not None  # else the gate settles "off" at close: nobody chose it
+        for event in g.close():
             if isinstance(event, Text):
                 self.segments.clean(event)
         self.stats.total_s = time.perf_counter() - self.t0
-        g = self.gate
+        decided_by: DecidedBy = NO_DECISION
+        if reached and g.decided_by is not None and not (self.nobody_decides and g.decided_by == "model"):
+            decided_by = g.decided_by
         self.response = Response(
             judge=self.segments.text(Segment.JUDGE),
             think=self.segments.text(Segment.THINK),
             answer=self.segments.text(Segment.ANSWER),
             mode=g.mode or "off",
-            decided_by=g.decided_by or "model",
+            decided_by=decided_by,
             p_on=self.p_on,
             threshold=self.controls.threshold,
             profile=self.profile.name,

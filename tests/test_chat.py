@@ -74,6 +74,28 @@ def test_think_mode_toggle_and_thinking_panel(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+def test_a_plain_model_decides_nothing_and_saves_nothing(tmp_path: Path) -> None:
+    """Auto on the plain embedded model, then a forced think-on answer: no decision, no savings."""
+
+    async def run() -> None:
+        app = _app(tmp_path, max_tokens=12)
+        async with app.run_test() as pilot:
+            message = await _ask(app, pilot, "What is 2+2")
+            await _wait(pilot, lambda: len(app.responses) == 1)
+            assert (app.responses[0].mode, app.responses[0].decided_by) == ("off", "none")
+            await pilot.pause(0.2)
+            assert "THINK OFF · no decision" in str(message.badge.render())
+            await pilot.press("ctrl+t")  # think on, forced
+            await _ask(app, pilot, "Why is the sky blue")
+            await _wait(pilot, lambda: len(app.responses) == 2)
+            assert app.responses[1].mode == "on" and app.responses[1].stats.think_tokens > 0
+            assert app.saved_tokens == 0 and "AutoThink saved ~0 tokens" in str(app.query_one("#status").render())
+    asyncio.run(run())
+    with History(tmp_path / "history.sqlite") as h:
+        (chat,) = h.chats()
+        assert [m.decided_by for m in h.messages(chat.id) if m.role == "assistant"] == ["none", "user"]
+
+
 def test_escape_stops_and_keeps_the_partial_answer(tmp_path: Path) -> None:
     async def run() -> None:
         app = _app(tmp_path, think="off", max_tokens=400)
@@ -98,15 +120,20 @@ def test_resume_a_chat_from_the_history(tmp_path: Path) -> None:
         h.add_message(chat, "assistant", "It is 4.", mode="off", decided_by="model", p_on=0.1)
         h.add_message(chat, "user", "Why is the sky blue?")
         h.add_message(chat, "assistant", "Rayleigh scattering.", mode="on", decided_by="model", p_on=0.9, stats={"think_tokens": 120})
+        h.add_message(chat, "user", "Hello")
+        h.add_message(chat, "assistant", "Hi.", mode="off", decided_by="none")  # a plain model: nothing saved
 
     async def run() -> None:
         settings = load_settings({"max_tokens": 8, "think": "off"}).settings
         app = ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite", resume=chat)
         async with app.run_test() as pilot:
             await _wait(pilot, lambda: app.session is not None)
-            first, _second = app.query(AssistantMessage)
+            first, _second, third = app.query(AssistantMessage)
             assert first.answer.source == "It is 4."
-            assert [m.content for m in app.session.history] == ["What is 2+2?", "It is 4.", "Why is the sky blue?", "Rayleigh scattering."]
+            assert "THINK OFF · no decision" in str(third.badge.render())
+            assert [m.content for m in app.session.history] == [
+                "What is 2+2?", "It is 4.", "Why is the sky blue?", "Rayleigh scattering.", "Hello", "Hi.",
+            ]
             # The resumed answers count too: one think-off answer saved a mean think of 120 tokens.
             assert app.saved_tokens == 120 and "AutoThink saved ~120 tokens" in str(app.query_one("#status").render())
     asyncio.run(run())

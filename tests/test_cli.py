@@ -51,6 +51,31 @@ def test_ask_streams_answer_to_stdout_and_thinking_to_stderr() -> None:
     assert "[think]" not in result.stdout and "<think>" not in result.stdout
 
 
+def test_a_plain_model_is_not_said_to_decide() -> None:
+    """The embedded model is plain: the footer and --json say nobody decided, not "model"."""
+    shown = run("ask", "--show-thinking", "--temperature", "0", "--max-tokens", "8", "What is 2+2?")
+    assert shown.returncode == 0, shown.stderr
+    assert "think off (no decision: plain model)" in shown.stderr and "(model" not in shown.stderr
+    assert "[think off (no decision: plain model)]" in shown.stderr  # the --show-thinking line
+    data = json.loads(run("ask", "--json", "--temperature", "0", "--max-tokens", "8", "What is 2+2?").stdout)
+    assert (data["mode"], data["decided_by"], data["p_on"]) == ("off", "none", None)
+
+
+def test_a_judge_cut_short_is_not_a_decision() -> None:
+    result = run("ask", "--profile", "kat", "--temperature", "0", "--max-tokens", "3", "Is 17 prime?")
+    assert result.returncode == 0, result.stderr
+    assert "think off (no decision: it ended before the decision point)" in result.stderr
+    assert "stopped: length" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("resume", "needle"),
+    [("last", "there is no chat to resume yet"), ("7", "there is no chat 7"), ("latest", "takes a chat ID or 'last'")],
+)
+def test_chat_resume_is_checked_before_the_chat_starts(resume: str, needle: str) -> None:
+    assert_one_line_error(run("chat", "--resume", resume), needle)
+
+
 def test_stdin_is_added_as_context() -> None:
     bare = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain").stdout)
     piped = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain", stdin="def add(a, b):\n    return a + b\n").stdout)

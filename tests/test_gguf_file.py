@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from katpilot.errors import ModelFileError
-from katpilot.gguf_file import AUTOTHINK_TAGS, GGUFSummary, read_gguf, require_chat_template
+from katpilot.gguf_file import AUTOTHINK_TAGS, GGUFSummary, format_model_info, read_gguf, require_chat_template
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -87,6 +87,34 @@ def test_embedded_model_summary(model_path: Path) -> None:
     assert s.metadata["general.languages"] == "[STRING x 1]"
     assert s.metadata["llama.attention.head_count_kv"] == 3
     require_chat_template(s)
+
+
+def test_model_info_of_the_embedded_model(model_path: Path) -> None:
+    """What `katpilot models info` prints, built by the summary rather than by the CLI."""
+    s = read_gguf(model_path)
+    info = s.model_info("plain")
+    assert list(info) == [
+        "path", "name", "architecture", "parameters", "quantization", "file_size", "context_length", "profile",
+        "autothink_tags", "mtp_heads", "chat_template",
+    ]
+    assert (info["architecture"], info["quantization"], info["profile"], info["autothink_tags"]) == ("llama", "Q4_1", "plain", [])
+    assert info["parameters"] == s.parameter_count and info["chat_template"] == s.chat_template
+    text = format_model_info(info).splitlines()
+    assert "parameters       134.5M" in text and "autothink_tags   none" in text
+    assert f"file_size        {s.file_size / 2**20:.1f} MiB" in text
+    assert text[text.index("chat_template:") + 1].startswith("  {% for message in messages %}")
+
+
+def test_autothink_tags_come_from_the_vocabulary_and_the_template(model_path: Path) -> None:
+    from dataclasses import replace
+
+    s = read_gguf(model_path)
+    assert s.autothink_tags == frozenset()
+    kat = replace(s, chat_template="{{ '<think_on>' }}{{ '<answer>' }}", tags_in_vocab=frozenset({"<judge>"}))
+    assert kat.autothink_tags == {"<think_on>", "<answer>", "<judge>"}
+    assert kat.model_info("kat")["autothink_tags"] == ["<answer>", "<judge>", "<think_on>"]
+    bare = replace(s, chat_template=None)
+    assert format_model_info(bare.model_info("plain")).splitlines()[-1] == "chat_template    none"
 
 
 def test_matches_gguf_reader(model_path: Path) -> None:

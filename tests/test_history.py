@@ -58,6 +58,30 @@ def test_messages_round_trip(tmp_path: Path) -> None:
             h.messages(999) or h.chat(999)
 
 
+def test_resume_references_resolve_to_a_chat(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as h:
+        with pytest.raises(KatpilotError, match="there is no chat to resume yet"):
+            h.resolve_chat("last")
+        first, second = h.new_chat("m"), h.new_chat("m")
+        h.add_message(first, "user", "touched last")
+        assert h.resolve_chat("last") == first  # the most recently used, not the newest
+        assert h.resolve_chat(str(second)) == second
+        with pytest.raises(KatpilotError, match="there is no chat 99"):
+            h.resolve_chat("99")
+        for bad in ("latest", "-1", "1.0", ""):
+            with pytest.raises(KatpilotError, match="takes a chat ID or 'last'"):
+                h.resolve_chat(bad)
+
+
+def test_an_answer_nobody_decided_is_exported_as_such(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as h:
+        chat = h.new_chat("smollm2-135m")
+        h.add_message(chat, "user", "hi")
+        h.add_message(chat, "assistant", "hello", mode="off", decided_by="none")
+        markdown = h.export_markdown(chat)
+    assert "## katpilot · think off (no decision)" in markdown and "(none" not in markdown
+
+
 @pytest.mark.parametrize("kind", ["garbage", "foreign"])
 def test_a_bad_database_is_moved_aside_and_a_new_one_started(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "h.sqlite"

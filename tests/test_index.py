@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from katpilot.errors import KatpilotError
-from katpilot.index import RepoIndex, build, parse
+from katpilot.index import RepoIndex, RepoIndexError, build, parse
 from katpilot.index.lexical import count_words, unpack
 from katpilot.index.rank import estimate_tokens
 from katpilot.index.secrets import WITHHELD_MARKER, redact
@@ -224,6 +224,23 @@ def test_repo_map_fits_budget_and_follows_focus(lang_index: RepoIndex) -> None:
     focused = lang_index.repo_map(60, focus_files=["py/app.py"])
     assert "total_area" in focused and "Circle" in focused
     assert lang_index.repo_map(0) == ""
+
+
+def test_focus_values_resolve_to_files_and_names(lang_index: RepoIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = lang_index.root
+    monkeypatch.chdir(tmp_path)  # a relative path is tried from here first, then from the root
+    files, names = lang_index.resolve_focus(["py/app.py", str(root / "py/shapes.py"), "total_area"])
+    assert files == [str(root / "py/app.py"), str(root / "py/shapes.py")] and names == ["total_area"]
+    assert lang_index.resolve_focus([]) == ([], [])
+    with pytest.raises(RepoIndexError, match="--focus no_such_thing is neither a file nor a defined name"):
+        lang_index.resolve_focus(["no_such_thing"])
+
+
+def test_index_errors_are_named_for_the_index(lang_index: RepoIndex) -> None:
+    """Not `IndexError_`, which read as Python's IndexError; still a KatpilotError for front ends."""
+    assert issubclass(RepoIndexError, KatpilotError) and not issubclass(RepoIndexError, IndexError)
+    with pytest.raises(RepoIndexError, match="outside the workspace"):
+        lang_index.relative("/")
 
 
 def test_repo_map_with_the_model_tokenizer(lang_index: RepoIndex, engine) -> None:
@@ -547,6 +564,9 @@ def test_index_and_map_commands(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "total_area" in shown.stdout and estimate_tokens(shown.stdout) <= 300
     assert PLANTED_KEY not in shown.stdout + _katpilot("map", str(root), "--tokens", "5000").stdout
+
+    unknown = _katpilot("map", str(root), "--focus", "no_such_thing")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "neither a file nor a defined name" in unknown.stderr
 
     missing = _katpilot("map", str(tmp_path / "nope"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not a directory" in missing.stderr

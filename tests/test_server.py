@@ -138,11 +138,11 @@ def test_think_on_streams_reasoning_separately(client: openai.OpenAI) -> None:
 CONTROLS = [
     ({"think": "off"}, "off", "user", False, "think", None),
     ({"think": "on", "think_budget": 4}, "on", "user", True, "think", 4),
-    ({"think": "auto"}, "off", "model", False, "think", None),  # SmolLM never opens a think block
+    ({"think": "auto"}, "off", "none", False, "think", None),  # plain SmolLM: no decision point, nobody decides
     ({"reasoning_effort": "none"}, "off", "user", False, "reasoning_effort", None),
     ({"reasoning_effort": "minimal"}, "off", "user", False, "reasoning_effort", None),
-    ({"reasoning_effort": "low"}, "off", "model", False, "reasoning_effort", 256),
-    ({"reasoning_effort": "medium"}, "off", "model", False, "reasoning_effort", None),
+    ({"reasoning_effort": "low"}, "off", "none", False, "reasoning_effort", 256),
+    ({"reasoning_effort": "medium"}, "off", "none", False, "reasoning_effort", None),
     ({"reasoning_effort": "high", "think_budget": 4}, "on", "user", True, "reasoning_effort", 4),
     ({"chat_template_kwargs": {"enable_thinking": True}, "thinking_token_budget": 3}, "on", "user", True, "chat_template_kwargs.enable_thinking", 3),
     ({"chat_template_kwargs": {"enable_thinking": False}}, "off", "user", False, "chat_template_kwargs.enable_thinking", None),
@@ -169,6 +169,16 @@ def test_think_controls(client: openai.OpenAI, fields: dict, mode: str, decided_
     assert bool(reply.choices[0].message.reasoning_content) == thinks  # type: ignore[attr-defined]
     if thinks and budget:
         assert reasoning_tokens == budget
+
+
+def test_a_plain_model_decides_nothing_in_the_stream_and_the_summary(server: Server, client: openai.OpenAI) -> None:
+    chunks = stream_chat(client, messages=QUESTION, max_tokens=8, extra_body={"think": "auto"}, **GREEDY)
+    notes = [c.katpilot for c in chunks if getattr(c, "katpilot", None)]  # type: ignore[attr-defined]
+    decisions = [(n["mode"], n["decided_by"]) for n in notes if "decided_by" in n]
+    assert decisions[0] == ("off", "none")  # the note sent as the answer starts
+    assert decisions[-1] == ("off", "none") and notes[-1]["p_on"] is None  # the closing summary
+    doc = httpx.get(server.base_url + "/openapi.json").json()
+    assert "none" in json.dumps(doc["components"]["schemas"]["KatpilotInfo"]["properties"]["decided_by"])
 
 
 def test_stop_sequence_cuts_the_answer(client: openai.OpenAI) -> None:

@@ -9,7 +9,7 @@ from katpilot.engine.base import SamplingParams
 from katpilot.engine.local import LocalEngine
 from katpilot.gate import Decision, Segment, Text
 from katpilot.profiles import KAT, PLAIN, PROFILES, THINK
-from katpilot.session import ChatSession, Finished, Notice, ThinkControls
+from katpilot.session import NO_DECISION, ChatSession, Finished, Notice, ThinkControls
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=60)
 
@@ -22,6 +22,16 @@ def test_think_off_is_decided_by_the_user(engine: LocalEngine) -> None:
     response = session(engine).ask("What is 2+2?", ThinkControls(think="off"))
     assert response.mode == "off" and response.decided_by == "user"
     assert response.answer and response.think == ""
+
+
+def test_a_plain_model_in_auto_mode_is_not_said_to_decide(engine: LocalEngine) -> None:
+    """The embedded SmolLM2 is plain: no decision point, so nobody decided its think-off answer."""
+    events = list(session(engine, max_tokens=10).send("What is 2+2?", ThinkControls(think="auto")))
+    response = events[-1].response
+    assert response.answer and response.think == ""
+    assert (response.mode, response.decided_by, response.p_on) == ("off", NO_DECISION, None)
+    assert [(e.mode, e.decided_by) for e in events if isinstance(e, Decision)] == [("off", NO_DECISION)]
+    assert response.to_dict()["decided_by"] == "none"  # what --json prints
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from katpilot.engine.base import Engine, ModelInfo, SamplingParams, StreamStats
-from katpilot.gate import Segment, Text
-from katpilot.profiles import JUDGE_MAX_TOKENS, KAT
-from katpilot.session import ChatSession, Notice, ThinkControls
+from katpilot.gate import Decision, Segment, Text
+from katpilot.profiles import JUDGE_MAX_TOKENS, KAT, PLAIN, THINK
+from katpilot.session import NO_DECISION, ChatSession, Notice, ThinkControls
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -97,3 +97,47 @@ def test_budget_closes_a_kat_think_block() -> None:
     assert engine.prompts[1].endswith("\n</think>\n<answer>\n")
     assert response.answer == "t" * 25 + "answer text"  # what the model wrote after the close
     assert [e for e in events if isinstance(e, Text) and e.segment is Segment.THINK]
+
+
+# -- who decided: nobody, when there is no decision point or it is never reached ---------------------
+
+
+def test_a_plain_model_decides_nothing() -> None:
+    """A plain profile has no decision point: the answer is think-off, and no one chose that."""
+    engine = ScriptedEngine(["The", " answer", " is 4."])
+    session = ChatSession(engine, PLAIN, None, SamplingParams(max_tokens=50))
+    events = list(session.send("question", ThinkControls(think="auto")))
+    response = events[-1].response
+    assert (response.mode, response.decided_by, response.p_on) == ("off", NO_DECISION, None)
+    assert [(d.mode, d.decided_by) for d in events if isinstance(d, Decision)] == [("off", NO_DECISION)]
+    assert engine.scored == []  # nothing was scored either
+
+
+def test_forced_modes_on_a_plain_model_are_the_users() -> None:
+    for think in ("on", "off"):
+        session = ChatSession(ScriptedEngine(["fine"]), PLAIN, None, SamplingParams(max_tokens=50))
+        assert session.ask("question", ThinkControls(think=think)).decided_by == "user"
+
+
+def test_a_kat_response_cut_inside_the_judge_decides_nothing() -> None:
+    """max_tokens runs out before </judge>: the decision point was never reached."""
+    engine = ScriptedEngine(["still", " judging", " this", " one"])
+    session = ChatSession(engine, KAT, None, SamplingParams(max_tokens=3))
+    response = session.ask("question", ThinkControls(think="auto"))
+    assert response.stats.finish_reason == "length"
+    assert (response.mode, response.decided_by, response.p_on) == ("off", NO_DECISION, None)
+    assert response.judge == "still judging this" and response.answer == ""
+
+
+def test_a_think_model_cut_before_its_first_word_decides_nothing() -> None:
+    """An engine without p(on) leaves the think decision to the text; no text, no decision."""
+    engine = ScriptedEngine([], logprobs=None)
+    session = ChatSession(engine, THINK, None, SamplingParams(max_tokens=0))
+    response = session.ask("question", ThinkControls(think="auto"))
+    assert (response.mode, response.decided_by) == ("off", NO_DECISION)
+
+
+def test_the_kat_decision_stays_the_models() -> None:
+    engine = ScriptedEngine(["easy", "</judge>", "4", "</answer>"])
+    response = ChatSession(engine, KAT, None, SamplingParams(max_tokens=50)).ask("q", ThinkControls(threshold=0.99))
+    assert (response.mode, response.decided_by) == ("off", "model") and response.p_on is not None

@@ -19,18 +19,26 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
+from textual.widgets.markdown import MarkdownStream
 
 from katpilot.chat.widgets import AssistantMessage, Notice, PromptInput, UserMessage, badge_text
 from katpilot.config import Settings
 from katpilot.errors import KatpilotError
 from katpilot.gate import Decision, Segment, Text
 from katpilot.history import History
-from katpilot.session import ChatSession, Finished, Response, ThinkControls
+from katpilot.profiles import ThinkMode
+from katpilot.session import NO_DECISION, ChatSession, Finished, Response, ThinkControls
 from katpilot.session import Notice as SessionNotice
 
 # Five screen updates a second: the UI thread shares the GIL with the generating thread, and each
 # update costs the model time (bench/chat.py on 2 cores: ratio 0.91 at 10 Hz, 0.95 at 5 Hz).
 DRAIN_INTERVAL_S = 0.2
+
+
+def badge(mode: str | None, decided_by: str | None, p_on: float | None, stopped: bool = False) -> str:
+    """The answer's badge; an answer nobody decided (a plain model) says so instead of "model"."""
+    who = "no decision" if decided_by == NO_DECISION else decided_by
+    return badge_text(mode, who, p_on, stopped)
 
 
 def chat_threads(settings: Settings) -> Settings:
@@ -44,7 +52,7 @@ def chat_threads(settings: Settings) -> Settings:
         return settings
     cores = os.cpu_count() or 1
     return replace(settings, n_threads=max(1, cores - 1)) if cores > 1 else settings
-THINK_CYCLE = {"auto": "on", "on": "off", "off": "auto"}
+THINK_CYCLE: dict[ThinkMode, ThinkMode] = {"auto": "on", "on": "off", "off": "auto"}
 HELP = """\
 /think auto|on|off   who decides whether to think (Ctrl+T cycles)
 /budget N|none       close the think block after N tokens
@@ -92,7 +100,7 @@ class ChatApp(App[None]):
         self._pending: list[object] = []
         self._lock = threading.Lock()
         self._current: AssistantMessage | None = None
-        self._stream = None
+        self._stream: MarkdownStream | None = None
         self._last_ctrl_c = 0.0
         self.model_name = "loading…"
         self.tokens_per_s = 0.0
@@ -125,7 +133,11 @@ class ChatApp(App[None]):
         return round(self.think_off_answers * sum(self.think_on_tokens) / len(self.think_on_tokens))
 
     def _tally(self, mode: str | None, decided_by: str | None, think_tokens: int) -> None:
-        """Count one answer (new or resumed) towards "AutoThink saved"."""
+        """Count one answer (new or resumed) towards "AutoThink saved".
+
+        Only a think-off answer the model chose saves anything: a forced one (the user's) or one
+        nobody decided (a plain model, NO_DECISION) would have been off anyway.
+        """
         if mode == "on":
             self.think_on_tokens.append(think_tokens)
         elif decided_by == "model":
@@ -200,8 +212,9 @@ class ChatApp(App[None]):
                 log.mount(UserMessage(m.content))
             elif m.role == "assistant":
                 thinking = "\n".join(part for part in (m.judge, m.think) if part)
-                log.mount(AssistantMessage(m.content, thinking, badge_text(m.mode, m.decided_by, m.p_on, m.partial)))
-                self._tally(m.mode, m.decided_by, int(m.stats.get("think_tokens", 0) or 0))
+                log.mount(AssistantMessage(m.content, thinking, badge(m.mode, m.decided_by, m.p_on, m.partial)))
+                think_tokens = m.stats.get("think_tokens")
+                self._tally(m.mode, m.decided_by, think_tokens if isinstance(think_tokens, int) else 0)
         self.notice(f"resumed chat {chat.id}: {chat.title}")
         self._update_status()
         log.scroll_end(animate=False)
@@ -280,7 +293,7 @@ class ChatApp(App[None]):
             await self._stream.write(answer)
         for event in events:
             if isinstance(event, Decision):
-                message.badge.update(badge_text(event.mode, event.decided_by, event.p_on))
+                message.badge.update(badge(event.mode, event.decided_by, event.p_on))
             elif isinstance(event, SessionNotice):
                 self.notice(event.text)
             elif isinstance(event, KatpilotError):
@@ -300,7 +313,7 @@ class ChatApp(App[None]):
         if response is None or message is None:
             return
         stopped = response.stats.finish_reason == "cancelled"
-        message.badge.update(badge_text(response.mode, response.decided_by, response.p_on, stopped))
+        message.badge.update(badge(response.mode, response.decided_by, response.p_on, stopped))
         self._tally(response.mode, response.decided_by, response.stats.think_tokens)
         self.tokens_per_s = response.stats.tokens_per_s
         self.responses.append(response)

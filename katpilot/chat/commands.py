@@ -10,6 +10,7 @@ from katpilot.errors import KatpilotError
 
 if TYPE_CHECKING:
     from katpilot.chat.app import ChatApp
+    from katpilot.index import RepoIndex
 
 ATTACH_MAP_TOKENS = 1024
 
@@ -48,7 +49,7 @@ def _model(app: ChatApp, arg: str) -> None:
     app.load_model(replace(app.settings, model=arg))
 
 
-def _index(app: ChatApp):  # -> RepoIndex
+def _index(app: ChatApp) -> RepoIndex:
     from katpilot.index import RepoIndex
 
     index = RepoIndex(app.workspace)

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from katpilot.index.parse import Definition
-    from katpilot.index.repo import RefreshReport, RepoIndex, Snippet, WorkspaceText
+    from katpilot.index.repo import RefreshReport, RepoIndex, RepoIndexError, Snippet, WorkspaceText
 
-__all__ = ["Definition", "RefreshReport", "RepoIndex", "Snippet", "WorkspaceText"]
+__all__ = ["Definition", "RefreshReport", "RepoIndex", "RepoIndexError", "Snippet", "WorkspaceText"]
 
-_HOMES = {"Definition": "parse", "RefreshReport": "repo", "RepoIndex": "repo", "Snippet": "repo", "WorkspaceText": "repo"}
+_HOMES = {
+    "Definition": "parse", "RefreshReport": "repo", "RepoIndex": "repo", "RepoIndexError": "repo", "Snippet": "repo",
+    "WorkspaceText": "repo",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -174,10 +174,12 @@ def _python_rows(source: bytes, node: ts.Node, parent_kind: str, parent: str, ro
                 _python_rows(source, child, parent_kind, parent, rows)
             continue
         name_node = child.child_by_field_name("name")
+        body = child.child_by_field_name("body")
+        # Required fields of a def or class; a tree with syntax errors never gets here (see above).
+        assert name_node is not None and body is not None
         name = source[name_node.start_byte : name_node.end_byte].decode("utf-8", "replace")
         if kind == "function" and parent_kind == "class":
             kind = "method"
-        body = child.child_by_field_name("body")
         start, body_start = child.start_byte, body.start_byte
         head_end = body_start if body_start > start else child.end_byte
         rows.append(

@@ -122,8 +122,8 @@ def rank_definitions(
     # Each file hands its rank to the definitions it uses, in proportion to the edge weights.
     out_weight = np.bincount(np.array(src, dtype=np.int64), weights=np.array(weight), minlength=len(files)) if src else None
     score: dict[tuple[str, str], float] = defaultdict(float)
-    for s, d, w, name in zip(src, dst, weight, names):
-        score[(files[d], name)] += file_rank[s] * w / out_weight[s]  # type: ignore[index]
+    for from_id, to_id, w, name in zip(src, dst, weight, names):
+        score[(files[to_id], name)] += file_rank[from_id] * w / out_weight[from_id]  # type: ignore[index]
     # Unused definitions still order by their file's rank, below every used one of that rank.
     ranked = [
         RankedDefinition(d, score.get((d.path, d.name), 0.0) + 1e-6 * file_rank[ids[d.path]]) for d in definitions
@@ -147,7 +147,7 @@ def _pagerank(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, focu
     rank = personal.copy()
     for _ in range(ITERATIONS):
         flow = np.bincount(dst, weights=rank[src] * share, minlength=n) if len(src) else np.zeros(n)
-        new = DAMPING * (flow + rank[dangling].sum() * personal) + (1 - DAMPING) * personal
+        new: np.ndarray = DAMPING * (flow + rank[dangling].sum() * personal) + (1 - DAMPING) * personal
         if np.abs(new - rank).sum() < 1e-9:
             return new
         rank = new

@@ -30,8 +30,11 @@ NEAR_RADIUS_LINES = 15  # "near the cursor": this many lines above and below
 SNIPPET_MAX_LINES = 40
 
 
-class IndexError_(KatpilotError):
-    """A request the index cannot serve (a path outside the workspace, a credential file, ...)."""
+class RepoIndexError(KatpilotError):
+    """A request the index cannot serve (a path outside the workspace, a credential file, ...).
+
+    Named for what it is: the old name, `IndexError_`, read as a variant of the built-in IndexError.
+    """
 
 
 @dataclass
@@ -90,7 +93,7 @@ class RepoIndex:
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
-            raise IndexError_(f"{root} is not a directory", "give the repository's root directory")
+            raise RepoIndexError(f"{root} is not a directory", "give the repository's root directory")
         self.max_file_bytes = max_file_bytes
         self.exclude = tuple(exclude)
         self.store = IndexStore(cache_path or default_cache_path(self.root), self.root)
@@ -181,8 +184,28 @@ class RepoIndex:
         candidate = Path(path).expanduser()
         full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
         if not full.is_relative_to(self.root):
-            raise IndexError_(f"{path} is outside the workspace {self.root}", "only files inside the workspace can be used")
+            raise RepoIndexError(f"{path} is outside the workspace {self.root}", "only files inside the workspace can be used")
         return full.relative_to(self.root).as_posix()
+
+    def resolve_focus(self, items: Iterable[str]) -> tuple[list[str], list[str]]:
+        """`--focus` values as (files, names) for `repo_map`: a file path, else a defined name.
+
+        A file is named from the current directory or from the root. Anything that is neither is
+        refused, so a typo fails loudly instead of giving a map with no focus.
+        """
+        files: list[str] = []
+        names: list[str] = []
+        for item in items:
+            found = next((p for p in (Path(item).expanduser().resolve(), self.root / item) if p.is_file()), None)
+            if found is not None:
+                files.append(str(found))
+            elif self.definitions(name=item):
+                names.append(item)
+            else:
+                raise RepoIndexError(
+                    f"--focus {item} is neither a file nor a defined name", "give a file path or a function/class name"
+                )
+        return files, names
 
     # -- lookups ----------------------------------------------------------------------------------
 
@@ -276,17 +299,17 @@ class RepoIndex:
         rel = self.relative(path)
         full = self.root / rel
         if is_secret_file(rel):
-            raise IndexError_(f"{rel} is a credential file; katpilot never reads it", "attach a different file")
+            raise RepoIndexError(f"{rel} is a credential file; katpilot never reads it", "attach a different file")
         if not full.is_file():
-            raise IndexError_(f"{rel} is not a file in the workspace", "check the path")
+            raise RepoIndexError(f"{rel} is not a file in the workspace", "check the path")
         size = full.stat().st_size
         if size > self.max_file_bytes:
-            raise IndexError_(
+            raise RepoIndexError(
                 f"{rel} is {size} bytes, over the {self.max_file_bytes}-byte limit", "attach a smaller file or a part of it"
             )
         decoded = decode_source(full.read_bytes(), line_comment(rel))
         if decoded.status == "binary":
-            raise IndexError_(f"{rel} is a binary file", "attach a text file")
+            raise RepoIndexError(f"{rel} is a binary file", "attach a text file")
         return WorkspaceText(rel, decoded.text, decoded.withheld_lines)
 
     def documents(self) -> Iterator[WorkspaceText]:

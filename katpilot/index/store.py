@@ -134,7 +134,8 @@ class IndexStore:
         return {path: definitions_from_json(path, blob) for path, blob in rows}
 
     def definition_count(self) -> int:
-        return self.db.execute("SELECT COALESCE(SUM(def_count), 0) FROM files").fetchone()[0]
+        count: int = self.db.execute("SELECT COALESCE(SUM(def_count), 0) FROM files").fetchone()[0]
+        return count
 
     def reference_counts(self) -> Iterator[tuple[str, dict[str, int]]]:
         """(path, {name: count}) for every indexed file."""

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from katpilot import __version__
 from katpilot.config import Settings
 from katpilot.engine.base import Engine
+from katpilot.errors import KatpilotError
 from katpilot.models import EMBEDDED_NAME, new_session, profile_for, sampling_params, think_controls
 from katpilot.server import api_errors, sse
 from katpilot.server.api_errors import ApiError
@@ -243,17 +244,20 @@ async def _respond(
     ticket = _admit(state)  # after every check: a bad request never takes a slot
     cancel = threading.Event()
     work = lambda: state.generate(session, conversation.user, controls, cancel)  # noqa: E731
-    run = _Run(state.queue.run(ticket, work, cancel, BATCH_INTERVAL_S), ticket, cancel, Transcript(stops), shown)
+    job = _RequestJob(state.queue.run(ticket, work, cancel, BATCH_INTERVAL_S), ticket, cancel, Transcript(stops), shown)
     reply = Reply.new(shape.prefix, state.model_id)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream_reply(state, request, run, shape, reply, include_usage)
-    return await _json_reply(request, run, shape, reply)
+        return await _stream_reply(state, request, job, shape, reply, include_usage)
+    return await _json_reply(request, job, shape, reply)
 
 
 @dataclass
-class _Run:
-    """One admitted request's generation, as the reply functions need it."""
+class _RequestJob:
+    """One admitted request's generation in the queue, as the reply functions need it.
+
+    Not the session's per-response run: this is the HTTP side (queue ticket, cancel, transcript).
+    """
 
     batches: AsyncIterator[list[SessionEvent]]
     ticket: Ticket
@@ -262,29 +266,29 @@ class _Run:
     controls: Controls
 
 
-async def _json_reply(request: Request, run: _Run, shape: Shape, reply: Reply) -> Response:
-    if await _unless_disconnected(request, _collect(run), run.cancel) is None:
+async def _json_reply(request: Request, job: _RequestJob, shape: Shape, reply: Reply) -> Response:
+    if await _unless_disconnected(request, _collect(job), job.cancel) is None:
         return Response(status_code=CLIENT_GONE)
-    response = run.transcript.response
+    response = job.transcript.response
     assert response is not None
-    document = shape.document(reply, run.transcript, katpilot_info(response, run.controls), usage(response))
+    document = shape.document(reply, job.transcript, katpilot_info(response, job.controls), usage(response))
     return JSONResponse(document.model_dump(mode="json"))
 
 
 async def _stream_reply(
-    state: ServerState, request: Request, run: _Run, shape: Shape, reply: Reply, include_usage: bool
+    state: ServerState, request: Request, job: _RequestJob, shape: Shape, reply: Reply, include_usage: bool
 ) -> Response:
     """An SSE stream, started once the first events exist (so prompt-time errors keep their status)."""
-    first = await _unless_disconnected(request, _first(run.batches), run.cancel)
+    first = await _unless_disconnected(request, _first(job.batches), job.cancel)
     if first is None:
-        state.queue.abandon(run.ticket)
+        state.queue.abandon(job.ticket)
         return Response(status_code=CLIENT_GONE)
 
     def on_close() -> None:
-        run.cancel.set()
-        state.queue.abandon(run.ticket)
+        job.cancel.set()
+        state.queue.abandon(job.ticket)
 
-    return sse.EventStream(_stream(run, shape, reply, first, include_usage), on_close)
+    return sse.EventStream(_stream(job, shape, reply, first, include_usage), on_close)
 
 
 def _admit(state: ServerState) -> Ticket:
@@ -301,11 +305,11 @@ def _admit(state: ServerState) -> Ticket:
         ) from None
 
 
-async def _collect(run: _Run) -> Transcript:
-    async with contextlib.aclosing(run.batches):  # type: ignore[type-var]
-        async for batch in run.batches:
-            _feed(run, batch)
-    return run.transcript
+async def _collect(job: _RequestJob) -> Transcript:
+    async with contextlib.aclosing(job.batches):  # type: ignore[type-var]
+        async for batch in job.batches:
+            _feed(job, batch)
+    return job.transcript
 
 
 async def _first(batches: AsyncIterator[list[SessionEvent]]) -> list[SessionEvent] | None:
@@ -316,33 +320,33 @@ async def _first(batches: AsyncIterator[list[SessionEvent]]) -> list[SessionEven
         return None
 
 
-def _feed(run: _Run, batch: list[SessionEvent]) -> list[Piece]:
+def _feed(job: _RequestJob, batch: list[SessionEvent]) -> list[Piece]:
     """A batch of session events as pieces to send; a matched stop sequence cancels the generation."""
-    pieces = [piece for event in batch for piece in run.transcript.feed(event)]
-    if run.transcript.stopped:
-        run.cancel.set()
+    pieces = [piece for event in batch for piece in job.transcript.feed(event)]
+    if job.transcript.stopped:
+        job.cancel.set()
     return merge_pieces(pieces)
 
 
-async def _stream(run: _Run, shape: Shape, reply: Reply, first: list[SessionEvent], include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(job: _RequestJob, shape: Shape, reply: Reply, first: list[SessionEvent], include_usage: bool) -> AsyncIterator[bytes]:
     """The SSE body: the opening, one write per batch, then the summary, usage and [DONE]."""
     opening = shape.opening(reply)
     encoder = StreamEncoder(shape, reply)
     try:
         head = [sse.event(opening)] if opening is not None else []
-        yield b"".join(head + [encoder.encode(piece) for piece in _feed(run, first)])
-        async for batch in run.batches:
-            pieces = _feed(run, batch)
+        yield b"".join(head + [encoder.encode(piece) for piece in _feed(job, first)])
+        async for batch in job.batches:
+            pieces = _feed(job, batch)
             if pieces:
                 yield b"".join(encoder.encode(piece) for piece in pieces)
     except Exception as exc:  # noqa: BLE001 - the status is sent already: the error travels as data
-        if not isinstance(exc, api_errors.KatpilotError):
+        if not isinstance(exc, KatpilotError):
             log.exception("internal error while streaming")
         yield sse.error_event(api_errors.stream_error(exc)) + sse.DONE
         return
-    response = run.transcript.response
+    response = job.transcript.response
     assert response is not None
-    tail = [sse.event(shape.closing(reply, run.transcript, katpilot_info(response, run.controls)))]
+    tail = [sse.event(shape.closing(reply, job.transcript, katpilot_info(response, job.controls)))]
     if include_usage:
         tail.append(sse.event(shape.usage_chunk(reply, usage(response))))
     yield b"".join([*tail, sse.DONE])

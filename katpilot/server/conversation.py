@@ -11,6 +11,7 @@ a 400 naming the field before the request waits in the queue.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from katpilot.chat_template import Message
 from katpilot.engine.base import SamplingParams
@@ -33,7 +34,7 @@ class Conversation:
 
 def chat_conversation(body: ChatCompletionRequest) -> Conversation:
     messages = list(body.messages)
-    system_parts = []
+    system_parts: list[str] = []
     while messages and messages[0].role in SYSTEM_ROLES:
         system_parts.append(_text(messages.pop(0), len(system_parts)))
     first = len(system_parts)
@@ -120,7 +121,7 @@ def sampling_for(body: SamplingFields, default: SamplingParams, n_ctx: int, max_
             param=name,
             code="invalid_value",
         )
-    given = {
+    given: dict[str, Any] = {  # each value has its field's type; only the dict mixes them
         "temperature": body.temperature,
         "top_p": body.top_p,
         "top_k": body.top_k,

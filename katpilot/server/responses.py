@@ -29,6 +29,7 @@ from katpilot.server.schemas import (
     Controls,
     Delta,
     KatpilotInfo,
+    StreamNote,
     TextChoice,
     TokenCounts,
     Usage,
@@ -73,8 +74,8 @@ def usage(response: Response) -> Usage:
 def katpilot_info(response: Response, controls: Controls) -> KatpilotInfo:
     stats = response.stats
     return KatpilotInfo(
-        mode=response.mode,  # type: ignore[arg-type]
-        decided_by=response.decided_by,  # type: ignore[arg-type]
+        mode=response.mode,
+        decided_by=response.decided_by,
         p_on=response.p_on,
         judge=response.judge,
         profile=response.profile,
@@ -108,9 +109,12 @@ class Shape(Protocol):
 class ChatShape:
     prefix = "chatcmpl"
 
-    def _chunk(self, reply: Reply, choices: list[ChunkChoice], **extra: object) -> ChatCompletionChunk:
+    def _chunk(
+        self, reply: Reply, choices: list[ChunkChoice], usage: Usage | None = None, katpilot: KatpilotInfo | StreamNote | None = None
+    ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices, **extra
+            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices,
+            usage=usage, katpilot=katpilot,
         )
 
     def opening(self, reply: Reply) -> ChatCompletionChunk:
@@ -149,9 +153,12 @@ class ChatShape:
 class CompletionShape:
     prefix = "cmpl"
 
-    def _chunk(self, reply: Reply, choices: list[TextChoice], **extra: object) -> Completion:
+    def _chunk(
+        self, reply: Reply, choices: list[TextChoice], usage: Usage | None = None, katpilot: KatpilotInfo | StreamNote | None = None
+    ) -> Completion:
         return Completion(
-            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices, **extra
+            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices,
+            usage=usage, katpilot=katpilot,
         )
 
     def opening(self, reply: Reply) -> None:
@@ -200,7 +207,7 @@ class StreamEncoder:
         marker = json.dumps(self._PLACEHOLDER).encode()
         self._parts: dict[str, tuple[bytes, bytes]] = {}
         for kind in ("content", "reasoning"):
-            head, tail = sse.event(shape.piece(reply, Piece(kind, self._PLACEHOLDER))).split(marker)  # type: ignore[arg-type]
+            head, tail = sse.event(shape.piece(reply, Piece(kind, self._PLACEHOLDER))).split(marker)
             self._parts[kind] = (head, tail)
 
     def encode(self, piece: Piece) -> bytes:

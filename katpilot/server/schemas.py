@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from katpilot.session import DecidedBy
+
 ThinkField = Literal["auto", "on", "off"]
 # Every value the openai SDK's ReasoningEffort type allows; see controls.EFFORT.
 EffortField = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
@@ -33,7 +35,9 @@ class _Sparse(_Body):
     """Leaves out fields that are None: stream chunks stay small (`"delta": {"content": "x"}`)."""
 
     @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler):  # no return annotation: keeps the schema
+    # No return annotation on purpose: pydantic would publish it as the serialised schema of every
+    # subclass, in place of the fields themselves.
+    def _drop_none(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
@@ -134,7 +138,7 @@ class KatpilotInfo(_Body):
     """What AutoThink did: the decision, the judge's text, and tokens per segment."""
 
     mode: Literal["on", "off"]
-    decided_by: Literal["model", "user"]
+    decided_by: DecidedBy  # "none": nobody chose the mode (a plain model has no decision point)
     p_on: float | None
     judge: str
     profile: str
@@ -151,7 +155,7 @@ class StreamNote(_Sparse):
 
     judge: str | None = None
     mode: Literal["on", "off"] | None = None
-    decided_by: Literal["model", "user"] | None = None
+    decided_by: DecidedBy | None = None
     p_on: float | None = None
     notice: str | None = None
 

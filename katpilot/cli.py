@@ -74,7 +74,7 @@ def _who_decided(decided_by: str, profile: str) -> str:
 
     A plain model has no decision point: printing "model" there claimed a choice that never happened.
     """
-    from katpilot.session import NO_DECISION
+    from katpilot.gate import NO_DECISION
 
     if decided_by != NO_DECISION:
         return decided_by
@@ -121,9 +121,9 @@ def ask(
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
 ) -> None:
     """Ask one question; the answer goes to stdout, thinking (if shown) to stderr."""
-    from katpilot.gate import Decision, Segment, Text
+    from katpilot.gate import NO_DECISION, Decision, Segment, Text
     from katpilot.models import load_engine, new_session, think_controls
-    from katpilot.session import NO_DECISION, Finished, Notice
+    from katpilot.session import Finished, Notice
 
     resolved = config_mod.load_settings(
         _flags(
@@ -238,7 +238,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; a non-loopback one needs --api-key or --insecure.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="KATPILOT_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1.")] = None,
-    queue: Annotated[int, typer.Option("--queue", help="Requests waiting or running at once; more get 429.")] = 8,
+    queue: Annotated[int, typer.Option("--queue", help="Requests waiting or running at once; more get 429.")] = config_mod.SERVE_QUEUE_DEFAULT,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
     profile: ProfileOpt = None,
     think: ThinkOpt = None,

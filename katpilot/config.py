@@ -25,19 +25,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from katpilot import paths
 from katpilot.errors import ConfigError
+from katpilot.terms import PROFILE_CHOICES, THINK_MODES, ProfileChoice, ThinkMode
 
 ENV_PREFIX = "KATPILOT_"
 SOURCE_DEFAULT = "default"
 _NONE_WORDS = frozenset({"", "none"})
 _SECRET_WORDS = ("key", "token", "secret", "password")
 _MASK = "***"
-
-Profile = Literal["auto", "kat", "think", "plain"]
-ThinkMode = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -83,13 +81,13 @@ class Settings:
         "none = the embedded default model", str,
         optional=True,
     )
-    profile: Profile = _setting(
+    profile: ProfileChoice = _setting(
         "auto", "AutoThink format family; auto = detect it from the GGUF", str,
-        choices=("auto", "kat", "think", "plain"),
+        choices=PROFILE_CHOICES,
     )
     think: ThinkMode = _setting(
         "auto", "reasoning mode: auto = the model judges per request; on/off force it", str,
-        choices=("auto", "on", "off"),
+        choices=THINK_MODES,
     )
     budget: int | None = _setting(
         None, "max think tokens before the think block is closed; none = no limit", int,
@@ -146,6 +144,11 @@ class ResolvedConfig:
     sources: dict[str, str]
     config_path: Path  # the file that was read (it may not exist)
 
+
+# `katpilot serve --queue`: requests waiting or running at once. A flag only, not a setting (it sizes
+# one server process). A small model answers in about a second, so 8 is several seconds of backlog;
+# beyond that a client is better told to come back (429) than left hanging.
+SERVE_QUEUE_DEFAULT = 8
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 _RULES: dict[str, _Rule] = {f.name: f.metadata["rule"] for f in fields(Settings)}

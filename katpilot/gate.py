@@ -30,8 +30,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-Mode = Literal["on", "off"]
-Origin = Literal["model", "user"]
+from katpilot.terms import Mode
+
+# Who settled a response's think mode. "model": its judge's p(on) against the threshold, or the
+# tags it wrote itself; "user": think=on/off forced it; "none": nobody, because the profile has no
+# decision point (plain models answer as they always do) or the response ended before reaching it
+# (the session reports that; the gate itself only ever sees the model or the user decide).
+# The mode still says what happened ("off" when there is no think block).
+DecidedBy = Literal["model", "user", "none"]
+NO_DECISION: DecidedBy = "none"
 
 
 class Segment(str, Enum):
@@ -56,7 +63,7 @@ class Decision:
     """The think / no-think decision, emitted once per response."""
 
     mode: Mode
-    decided_by: Origin
+    decided_by: DecidedBy
     p_on: float | None = None
 
 
@@ -72,9 +79,9 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 THINK_ON, THINK_OFF = "<think_on>", "<think_off>"
 
-KAT_TAGS = frozenset(
-    {JUDGE_OPEN, JUDGE_CLOSE, THINK_ON, THINK_OFF, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE}
-)
+# Every tag of every AutoThink family (the think family's are a subset): what `gguf_file` looks for
+# in a vocabulary and `lsp.completion` cuts a completion at.
+KAT_TAGS = frozenset({JUDGE_OPEN, JUDGE_CLOSE, THINK_ON, THINK_OFF, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE})
 THINK_TAGS = frozenset({THINK_OPEN, THINK_CLOSE})
 NO_TAGS: frozenset[str] = frozenset()
 
@@ -95,7 +102,7 @@ class ModeGate:
         self._tag_re = re.compile("|".join(re.escape(tag) for tag in sorted(tags)))
         self.segment: Segment | None = None  # None: outside any block
         self.mode: Mode | None = None
-        self.decided_by: Origin | None = None
+        self.decided_by: DecidedBy | None = None
         self.judge_closed = False
         self._held = ""  # an incomplete tag at the end of the last chunk
         self._pending_ws = ""  # whitespace whose segment is not known yet
@@ -115,7 +122,7 @@ class ModeGate:
         """True once `</answer>` closed an answer block."""
         return self._answer_closed
 
-    def decide(self, mode: Mode, decided_by: Origin, p_on: float | None = None) -> list[Event]:
+    def decide(self, mode: Mode, decided_by: DecidedBy, p_on: float | None = None) -> list[Event]:
         """Settle the decision from outside the text (a forced mode, the judge threshold)."""
         out: list[Event] = []
         if self._think_undecided:

@@ -31,10 +31,7 @@ from typing import NamedTuple
 import gguf
 
 from katpilot.errors import ModelFileError
-
-AUTOTHINK_TAGS: frozenset[str] = frozenset(
-    {"<judge>", "</judge>", "<think_on>", "<think_off>", "<think>", "</think>", "<answer>", "</answer>"}
-)
+from katpilot.gate import KAT_TAGS
 
 # Fill-in-the-middle token triples (prefix, suffix, middle) of the common code-model families, for
 # GGUFs written before the tokenizer.ggml.fim_*_token_id keys existed.
@@ -96,7 +93,7 @@ class GGUFSummary:
     bos_token: str | None  # text of token tokenizer.ggml.bos_token_id
     eos_token: str | None
     add_bos_token: bool | None  # tokenizer.ggml.add_bos_token
-    tags_in_vocab: frozenset[str]  # AUTOTHINK_TAGS that are single tokens in the vocabulary
+    tags_in_vocab: frozenset[str]  # AutoThink tags (gate.KAT_TAGS) that are single tokens in the vocabulary
     fim_tokens: tuple[str, str, str] | None  # fill-in-the-middle (prefix, suffix, middle) tokens
     mtp_heads: int  # multi-token-prediction heads, 0 if none
     metadata: dict[str, object]  # scalar and string metadata; arrays as "[TYPE x n]"
@@ -110,7 +107,7 @@ class GGUFSummary:
         made for the format, which is what `models info` reports.
         """
         template = self.chat_template or ""
-        return self.tags_in_vocab | {tag for tag in AUTOTHINK_TAGS if tag in template}
+        return self.tags_in_vocab | {tag for tag in KAT_TAGS if tag in template}
 
     def model_info(self, profile: str) -> dict[str, object]:
         """The fields `katpilot models info` shows (its `--json` shape), in display order.
@@ -530,7 +527,7 @@ def _summarise(path: Path, size: int, parsed: _Parsed) -> GGUFSummary:
         bos_token=_token_text(meta.vocab, meta.get_int(tok.BOS_ID)),
         eos_token=_token_text(meta.vocab, meta.get_int(tok.EOS_ID)),
         add_bos_token=meta.get_bool(tok.ADD_BOS),
-        tags_in_vocab=frozenset(tag for tag in AUTOTHINK_TAGS if tag.encode() in vocab),
+        tags_in_vocab=frozenset(tag for tag in KAT_TAGS if tag.encode() in vocab),
         fim_tokens=_fim_tokens(meta, vocab),
         mtp_heads=_mtp_heads(meta, arch, tensors),
         metadata=meta.values,

@@ -270,7 +270,7 @@ class History:
                 lines += ["## You", "", m.content, ""]
                 continue
             badge = f"think {m.mode}" if m.mode else ""
-            if m.decided_by == "none":  # session.NO_DECISION: a plain model, nobody chose the mode
+            if m.decided_by == "none":  # gate.NO_DECISION: a plain model, nobody chose the mode
                 badge += " (no decision)"
             elif m.decided_by:
                 badge += f" ({m.decided_by}" + (f", p(on)={m.p_on:.2f}" if m.p_on is not None else "") + ")"

@@ -7,9 +7,13 @@ resolves models, profiles, sampling and think controls the same way.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
+from typing import Any
 
+from katpilot.chat_template import Message
 from katpilot.config import Settings
 from katpilot.engine.base import Engine, SamplingParams
 from katpilot.errors import ModelFileError
@@ -95,14 +99,49 @@ def sampling_params(settings: Settings) -> SamplingParams:
     )
 
 
-def think_controls(settings: Settings) -> ThinkControls:
-    return ThinkControls(think=settings.think, budget=settings.budget, threshold=settings.threshold)
+def think_controls(
+    settings: Settings,
+    think: str | None = None,
+    *,
+    budget: int | str | EllipsisType | None = ...,
+    threshold: float | str | None = None,
+) -> ThinkControls:
+    """The configured think controls, with one request's overrides over them.
+
+    `think=None`, `budget=...` and `threshold=None` keep the configured value (`budget=None` means
+    no budget). Overrides may be raw user input ("on", "256", "0.3"): ThinkControls checks and
+    normalises them by the config file's rules, so every front end accepts and refuses the same.
+    """
+    values: dict[str, Any] = {  # raw values of mixed types: ThinkControls checks each one
+        "think": settings.think if think is None else think,
+        "budget": settings.budget if budget is ... else budget,
+        "threshold": settings.threshold if threshold is None else threshold,
+    }
+    return ThinkControls(**values)
 
 
 def profile_for(engine: Engine, settings: Settings) -> Profile:
     return get_profile(settings.profile, engine.info.chat_template, engine.info.tags_in_vocab)
 
 
-def new_session(engine: Engine, settings: Settings) -> ChatSession:
-    """A conversation on `engine` with the configured profile, system prompt and sampling."""
-    return ChatSession(engine, profile_for(engine, settings), settings.system_prompt, sampling_params(settings))
+def new_session(
+    engine: Engine,
+    settings: Settings,
+    *,
+    system_prompt: str | None = None,
+    history: Iterable[Message] = (),
+    sampling: SamplingParams | None = None,
+) -> ChatSession:
+    """A conversation on `engine` with the configured profile, system prompt and sampling.
+
+    What a front end changes for one request or chat is given here, never set on the session
+    afterwards: a request's system message (`system_prompt`; None keeps the configured one), the
+    earlier turns of a request or a resumed chat (`history`), and a request's `sampling`.
+    """
+    return ChatSession(
+        engine,
+        profile_for(engine, settings),
+        settings.system_prompt if system_prompt is None else system_prompt,
+        sampling if sampling is not None else sampling_params(settings),
+        history,
+    )

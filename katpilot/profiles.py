@@ -16,8 +16,8 @@ from typing import Literal
 
 from katpilot import gate
 from katpilot.errors import ConfigError
+from katpilot.terms import PROFILE_CHOICES, ThinkMode
 
-ThinkMode = Literal["auto", "on", "off"]
 DecisionKind = Literal["kat", "think", "none"]
 
 # A judge that never closes is cut here so the decision point is always reached.
@@ -106,8 +106,7 @@ PLAIN = Profile(
     ),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (KAT, THINK, PLAIN)}
-PROFILE_CHOICES = ("auto", *PROFILES)
+PROFILES: dict[str, Profile] = {p.name: p for p in (KAT, THINK, PLAIN)}  # with "auto": terms.PROFILE_CHOICES
 
 
 def detect_profile(chat_template: str | None, tags_in_vocab: frozenset[str]) -> Profile:

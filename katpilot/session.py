@@ -13,7 +13,7 @@ only its new tokens):
    - the think budget spent: close the think block in the model's format and continue;
    - `</answer>` (KAT): done.
 
-Who settled the mode is reported as it happened (`DecidedBy`): the model, the user, or no one. A
+Who settled the mode is reported as it happened (`gate.DecidedBy`): the model, the user, or no one. A
 plain model has no decision point, and a response can end before reaching one; calling either
 "the model's decision" would credit AutoThink with savings it never made.
 """
@@ -23,28 +23,21 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
-from typing import Literal
 
 from katpilot import gate
 from katpilot.chat_template import Message, render
 from katpilot.config import check_value
 from katpilot.engine.base import Engine, SamplingParams, StreamStats
 from katpilot.errors import ContextOverflowError, KatpilotError
-from katpilot.gate import Decision, End, Mode, ModeGate, Origin, Segment, Text
-from katpilot.profiles import JUDGE_MAX_TOKENS, Profile, ThinkMode
+from katpilot.gate import NO_DECISION, DecidedBy, Decision, End, ModeGate, Segment, Text
+from katpilot.profiles import JUDGE_MAX_TOKENS, Profile
+from katpilot.terms import Mode, ThinkMode
 
 # Room kept for the answer when old turns are trimmed: at most a quarter of the window.
 ANSWER_ROOM_FRACTION = 4
-
-# Who settled a response's think mode. "model": its judge's p(on) against the threshold, or the
-# tags it wrote itself; "user": think=on/off forced it; "none": nobody, because the profile has no
-# decision point (plain models answer as they always do) or the response ended before reaching it.
-# `mode` still says what happened ("off" when there is no think block).
-DecidedBy = Literal["model", "user", "none"]
-NO_DECISION: DecidedBy = "none"
 
 
 @dataclass(frozen=True)
@@ -120,6 +113,14 @@ class Finished:
 SessionEvent = Text | Decision | End | Notice | Finished
 
 
+@dataclass(frozen=True)
+class Completed:
+    """The last item of a raw completion (`ChatSession.complete`): all its text and its statistics."""
+
+    text: str
+    stats: ResponseStats
+
+
 class _Segments:
     """Collects the gate's text per segment and turns each segment's leading whitespace into GAP.
 
@@ -161,12 +162,17 @@ class ChatSession:
         profile: Profile,
         system_prompt: str | None = None,
         sampling: SamplingParams | None = None,
+        history: Iterable[Message] = (),
     ) -> None:
         self.engine = engine
         self.profile = profile
         self.system_prompt = system_prompt
         self.sampling = sampling or SamplingParams()
-        self.history: list[Message] = []
+        self.history: list[Message] = list(history)
+
+    def clear(self) -> None:
+        """Forget the conversation: the next `send` starts a new chat (same engine, prompt, sampling)."""
+        self.history = []
 
     # -- prompt -----------------------------------------------------------------------------------
 
@@ -233,12 +239,78 @@ class ChatSession:
         self.history += [Message("user", user_text), Message("assistant", response.answer)]
         yield Finished(response)
 
-    def ask(self, user_text: str, controls: ThinkControls | None = None, **kwargs: object) -> Response:
+    def ask(
+        self,
+        user_text: str,
+        controls: ThinkControls | None = None,
+        cancel: threading.Event | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> Response:
         """`send` without streaming."""
-        for event in self.send(user_text, controls, **kwargs):  # type: ignore[arg-type]
+        for event in self.send(user_text, controls, cancel, sampling):
             if isinstance(event, Finished):
                 return event.response
         raise AssertionError("send() always ends with Finished")
+
+    # -- a raw prompt -----------------------------------------------------------------------------
+
+    def complete(
+        self,
+        prompt: str,
+        sampling: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+        stop: Callable[[str], bool] | None = None,
+    ) -> Generator[str | Completed, None, None]:
+        """Continue a raw prompt: each text piece as it comes, then `Completed` with the statistics.
+
+        Why it exists: a fill-in-the-middle prompt (the LSP's, built from the model's FIM tokens)
+        is not a chat. It gets no chat template, no system prompt, no prefill, no gate and no think
+        controls; nothing is trimmed and the history is neither read nor changed. The prompt goes to
+        the engine as it is. What it shares with `send` is what every generation owes a front end:
+        the session's sampling (or `sampling`), `cancel` checked before every token, and
+        `ResponseStats` with the finish reason ("stop", "length", "context" or "cancelled"). Every
+        token is an answer token.
+
+        `stop(text so far)` returning True ends the completion after that piece, with finish reason
+        "stop" (as a stop sequence would), so a caller that cuts the text still gets `Completed`.
+        Closing the generator early works as for `send`: the engine's stream closes at once.
+        """
+        t0 = time.perf_counter()
+        stats = ResponseStats()
+        engine_stats = StreamStats()
+        text = ""
+        first_piece_at: float | None = None
+        last_piece_at = 0.0
+        stopped = False
+        stream = self.engine.stream(prompt, sampling or self.sampling, cancel, engine_stats)
+        try:
+            for piece in stream:
+                last_piece_at = time.perf_counter()
+                if first_piece_at is None:
+                    first_piece_at = last_piece_at
+                text += piece
+                yield piece
+                if stop is not None and stop(text):
+                    stopped = True
+                    break
+        finally:
+            stream.close()
+        stats.prompt_tokens = engine_stats.prompt_tokens
+        stats.reused_prompt_tokens = engine_stats.reused_tokens
+        stats.completion_tokens = stats.answer_tokens = engine_stats.generated_tokens
+        if first_piece_at is not None:
+            stats.time_to_first_token_s = stats.time_to_first_answer_token_s = first_piece_at - t0
+        stats.tokens_per_s = _tokens_per_s(stats.completion_tokens, first_piece_at, last_piece_at)
+        stats.total_s = time.perf_counter() - t0
+        stats.finish_reason = "stop" if stopped else engine_stats.finish_reason or "stop"
+        yield Completed(text, stats)
+
+
+def _tokens_per_s(tokens: int, first_piece_at: float | None, last_piece_at: float) -> float:
+    """The generation rate between the first piece and the last (the first token's wait excluded)."""
+    if first_piece_at is None or tokens <= 1 or last_piece_at <= first_piece_at:
+        return 0.0
+    return (tokens - 1) / (last_piece_at - first_piece_at)
 
 
 class _Action(Enum):
@@ -283,10 +355,7 @@ class _ResponseRun:
         for event in events:
             if isinstance(event, Text):
                 for clean in self.segments.clean(event):
-                    if (
-                        clean.segment is Segment.ANSWER
-                        and self.stats.time_to_first_answer_token_s is None
-                    ):
+                    if clean.segment is Segment.ANSWER and self.stats.time_to_first_answer_token_s is None:
                         self.stats.time_to_first_answer_token_s = time.perf_counter() - self.t0
                     yield clean
             elif isinstance(event, Decision):
@@ -295,8 +364,7 @@ class _ResponseRun:
     def _reported(self, decision: Decision) -> Decision:
         """The gate's decision as it happened: a plain model's answer text settles no choice."""
         if self.nobody_decides and decision.decided_by == "model":
-            # gate.Origin has no "none" yet (gate.py is typed for the two deciders it knows).
-            return Decision(decision.mode, NO_DECISION, None)  # type: ignore[arg-type]
+            return Decision(decision.mode, NO_DECISION, None)
         return decision
 
     def _inject(self, text: str) -> Iterator[SessionEvent]:
@@ -308,7 +376,7 @@ class _ResponseRun:
         self.notices.append(text)
         return Notice(text)
 
-    def _decide(self, mode: Mode, decided_by: Origin, p_on: float | None) -> Iterator[SessionEvent]:
+    def _decide(self, mode: Mode, decided_by: DecidedBy, p_on: float | None) -> Iterator[SessionEvent]:
         yield from self._emit(self.gate.decide(mode, decided_by, p_on))
 
     # decision point ----------------------------------------------------------------------------
@@ -321,7 +389,9 @@ class _ResponseRun:
         """p(<think_on>) against p(<think_off>) right after the judge, over each tag's tokens."""
         sep = self._separator()
         p = self.profile
-        scores = self.engine.continuation_logprobs(self.text, [sep + p.on_continuation, *(sep + c for c in p.off_continuations)])
+        scores = self.engine.continuation_logprobs(
+            self.text, [sep + p.on_continuation, *(sep + c for c in p.off_continuations)]
+        )
         if scores is None:
             return None
         on, off = scores[0], max(scores[1:])
@@ -435,8 +505,7 @@ class _ResponseRun:
                     yield self._notice(f"thinking budget of {controls.budget} tokens reached: answering now")
                 self.closed_think = True
                 yield from self._inject(profile.close_think)
-        if first_piece_at is not None and self.stats.completion_tokens > 1 and last_piece_at > first_piece_at:
-            self.stats.tokens_per_s = (self.stats.completion_tokens - 1) / (last_piece_at - first_piece_at)
+        self.stats.tokens_per_s = _tokens_per_s(self.stats.completion_tokens, first_piece_at, last_piece_at)
         self.stats.finish_reason = finish
 
     def _count(self, events: list[gate.Event], n_tokens: int) -> None:
@@ -446,9 +515,12 @@ class _ResponseRun:
             (e.segment for e in reversed(events) if isinstance(e, Text) and e.segment is not Segment.GAP),
             self.gate.segment,
         )
-        name = {Segment.JUDGE: "judge_tokens", Segment.THINK: "think_tokens", Segment.ANSWER: "answer_tokens"}.get(
-            segment, "other_tokens"  # type: ignore[arg-type]
-        )
+        names: dict[Segment | None, str] = {
+            Segment.JUDGE: "judge_tokens",
+            Segment.THINK: "think_tokens",
+            Segment.ANSWER: "answer_tokens",
+        }
+        name = names.get(segment, "other_tokens")
         setattr(self.stats, name, getattr(self.stats, name) + n_tokens)
 
     def _action(self) -> _Action | None:

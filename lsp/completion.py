@@ -15,15 +15,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from katpilot.gate import KAT_TAGS
+
 CURSOR = "<CURSOR>"
 COMPLETION_SYSTEM = (
     "You are a code completion engine. You reply with only the code that belongs at <CURSOR>: "
     "no explanation, no repetition of the code around it."
 )
-# Characters of source kept around the cursor before the exact token count is checked.
-CHARS_PER_TOKEN = 3
-# Tags of every AutoThink family; a completion is cut before any of them.
-_TAG = re.compile(r"</?(?:judge|think_on|think_off|think|answer)\b|<\|im_end\|>|<\|endoftext\|>")
+# Tags of every AutoThink family, also unfinished ("<think" at the end), and the chat end markers;
+# a completion is cut before any of them.
+_TAG_NAMES = sorted({tag.strip("</>") for tag in KAT_TAGS}, key=lambda name: (-len(name), name))
+_TAG = re.compile(rf"</?(?:{'|'.join(map(re.escape, _TAG_NAMES))})\b|<\|im_end\|>|<\|endoftext\|>")
 _FENCE_OPEN = re.compile(r"\A\s*```[\w+#.-]*[ \t]*\n")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _OPENERS = {"(": ")", "[": "]", "{": "}"}

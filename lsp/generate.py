@@ -1,8 +1,9 @@
 """Model-side jobs of the language server, run on its model thread: completions and questions.
 
-Both go through the one engine; questions (actions, `katpilot.ask`) and chat-prompt completions
-through a `ChatSession`, so think controls, budgets and the gate apply as in every front end.
-Completions are think-off, greedy, and cut at the first boundary (`completion.cut_completion`).
+Everything goes through a `ChatSession`: questions (actions, `katpilot.ask`) and chat-prompt
+completions through `send`, so think controls, budgets and the gate apply as in every front end;
+fill-in-the-middle completions through `complete`, the session's raw path (a FIM prompt is not a
+chat). Completions are think-off, greedy, and cut at the first boundary (`completion.cut_completion`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from katpilot.engine.base import Engine, SamplingParams
 from katpilot.errors import ContextOverflowError
 from katpilot.gate import Segment, Text
 from katpilot.index.languages import language_for, line_comment
-from katpilot.models import new_session, profile_for, sampling_params
-from katpilot.session import ChatSession, Finished, Response, SessionEvent, ThinkControls
+from katpilot.models import new_session, sampling_params
+from katpilot.session import Completed, Finished, Response, SessionEvent, ThinkControls
+from katpilot.terms import CHARS_PER_TOKEN
 from lsp.completion import (
-    CHARS_PER_TOKEN,
     COMPLETION_SYSTEM,
     CursorContext,
     chat_question,
@@ -78,31 +79,34 @@ def complete(
     engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event
 ) -> str:
     """The text to insert at the cursor ("" when the model offers nothing)."""
-    if engine.info.fim_tokens:
-        return _complete_fim(engine, ctx, params, cancel)
+    fim_tokens = engine.info.fim_tokens
+    if fim_tokens:
+        return _complete_fim(engine, settings, ctx, fim_tokens, params, cancel)
     return _complete_chat(engine, settings, ctx, params, cancel)
 
 
-def _complete_fim(engine: Engine, ctx: CursorContext, params: SamplingParams, cancel: threading.Event) -> str:
-    prompt = fim_prompt(ctx, engine.info.fim_tokens, line_comment(PurePath(ctx.path)))  # type: ignore[arg-type]
-    text = ""
-    stream = engine.stream(prompt, params, cancel)
-    try:
-        for piece in stream:
-            text += piece
-            if cut_completion(text, ctx)[1]:
-                break
-    finally:
-        stream.close()
-    return cut_completion(text, ctx)[0]
+def _complete_fim(
+    engine: Engine,
+    settings: Settings,
+    ctx: CursorContext,
+    fim_tokens: tuple[str, str, str],
+    params: SamplingParams,
+    cancel: threading.Event,
+) -> str:
+    prompt = fim_prompt(ctx, fim_tokens, line_comment(PurePath(ctx.path)))
+    session = new_session(engine, settings, sampling=params)
+    for item in session.complete(prompt, cancel=cancel, stop=lambda text: cut_completion(text, ctx)[1]):
+        if isinstance(item, Completed):
+            return cut_completion(item.text, ctx)[0]
+    raise AssertionError("complete() always ends with Completed")
 
 
 def _complete_chat(
     engine: Engine, settings: Settings, ctx: CursorContext, params: SamplingParams, cancel: threading.Event
 ) -> str:
-    session = ChatSession(engine, profile_for(engine, settings), COMPLETION_SYSTEM, params)
+    session = new_session(engine, settings, system_prompt=COMPLETION_SYSTEM, sampling=params)
     answer = ""
-    events = session.send(chat_question(ctx), THINK_OFF, cancel, params)
+    events = session.send(chat_question(ctx), THINK_OFF, cancel)
     try:
         for event in events:
             if isinstance(event, Text) and event.segment is Segment.ANSWER:

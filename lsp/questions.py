@@ -13,7 +13,9 @@ from typing import Any
 
 from pygls.exceptions import JsonRpcInvalidParams
 
+from katpilot.models import think_controls
 from katpilot.session import Response, ThinkControls
+from katpilot.terms import THINK_MODES
 from lsp import generate, pygls_compat
 from lsp.language_server import KatpilotLanguageServer
 from lsp.progress import Progress
@@ -21,10 +23,9 @@ from lsp.progress import Progress
 
 def controls_for(ls: KatpilotLanguageServer, think: Any) -> ThinkControls:
     """The configured think controls, with `think` overridden for one request."""
-    base = ls.settings.base
-    if think is not None and think not in ("auto", "on", "off"):
+    if think is not None and think not in THINK_MODES:
         raise JsonRpcInvalidParams(f"think must be auto, on or off, not {think!r}")
-    return ThinkControls(think=think or base.think, budget=base.budget, threshold=base.threshold)
+    return think_controls(ls.settings.base, think)
 
 
 async def run_question(

@@ -9,7 +9,7 @@ import pytest
 from textual import events
 
 from katpilot.chat.app import ChatApp
-from katpilot.chat.widgets import AssistantMessage, Notice
+from katpilot.chat.widgets import AssistantMessage, NoticeLine
 from katpilot.config import load_settings
 from katpilot.history import History
 
@@ -150,7 +150,7 @@ def test_slash_commands(tmp_path: Path) -> None:
             await pilot.pause(0.1)
             assert (app.controls.think, app.controls.budget, app.controls.threshold) == ("off", 64, 0.3)
             assert len(app.attachments) == 1 and "def helper" in app.attachments[0] and "ghp_" not in app.attachments[0]
-            notices = [str(n.render()) for n in app.query(Notice)]
+            notices = [str(n.render()) for n in app.query(NoticeLine)]
             assert any("outside the workspace" in n for n in notices)
             assert any("unknown command /nope" in n for n in notices)
     asyncio.run(run())
@@ -168,7 +168,7 @@ def test_keys_typed_ahead_stay_in_order(tmp_path: Path) -> None:
                 name = {" ": "space", "/": "slash", "enter": "enter"}.get(key, key)
                 app.post_message(events.Key(name, character))  # as the terminal driver does: all queued at once
             await _wait(pilot, lambda: app.controls.budget == 7, timeout=10)
-            assert not any("must be" in str(n.render()) for n in app.query(Notice))
+            assert not any("must be" in str(n.render()) for n in app.query(NoticeLine))
     asyncio.run(run())
 
 
@@ -179,15 +179,15 @@ def test_errors_show_inline(tmp_path: Path) -> None:
         settings = load_settings({"model": str(tmp_path / "missing.gguf")}).settings
         app = ChatApp(settings, workspace=tmp_path, history_path=tmp_path / "history.sqlite")
         async with app.run_test() as pilot:
-            await _wait(pilot, lambda: len(app.query(Notice)) >= 2)
-            notices = [str(n.render()) for n in app.query(Notice)]
+            await _wait(pilot, lambda: len(app.query(NoticeLine)) >= 2)
+            notices = [str(n.render()) for n in app.query(NoticeLine)]
             assert any("moved it to" in n for n in notices)  # the corrupt history, set aside
             assert any("missing.gguf" in n and "error" in n for n in notices)  # the missing model
             app.run_command("/think maybe")
             await pilot.pause(0.1)
-            assert "think must be one of 'auto', 'on', 'off'" in str(app.query(Notice).last().render())
+            assert "think must be one of 'auto', 'on', 'off'" in str(app.query(NoticeLine).last().render())
             app.run_command("/budget 0")  # the config file's rule, as for --budget and KATPILOT_BUDGET
             await pilot.pause(0.1)
-            assert "budget = 0 is out of range (must be >= 1)" in str(app.query(Notice).last().render())
+            assert "budget = 0 is out of range (must be >= 1)" in str(app.query(NoticeLine).last().render())
     asyncio.run(run())
     assert list(tmp_path.glob("history.sqlite.unreadable-*"))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from katpilot import config, paths
+from katpilot import config, paths, profiles
 from katpilot.config import ResolvedConfig, Settings, describe, load_settings, render_show
 from katpilot.errors import ConfigError
+from katpilot.terms import PROFILE_CHOICES
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "config.toml") -> Path:
@@ -131,6 +132,11 @@ def test_settings_is_frozen_and_every_field_is_described() -> None:
         assert text and "\n" not in text and text == f.metadata["description"]
     with pytest.raises(ConfigError, match="temperature"):
         describe("temprature")
+
+
+def test_profile_choices_name_every_profile_and_auto() -> None:
+    # terms.PROFILE_CHOICES spells the setting's words; profiles.PROFILES holds the families.
+    assert ("auto", *profiles.PROFILES) == PROFILE_CHOICES
 
 
 # --- bad input ------------------------------------------------------------------------------------

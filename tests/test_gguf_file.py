@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from katpilot.errors import ModelFileError
-from katpilot.gguf_file import AUTOTHINK_TAGS, GGUFSummary, format_model_info, read_gguf, require_chat_template
+from katpilot.gate import KAT_TAGS
+from katpilot.gguf_file import GGUFSummary, format_model_info, read_gguf, require_chat_template
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -331,7 +332,7 @@ def write_tiny(
 def test_tiny_model_tags_in_vocab(tmp_path: Path) -> None:
     s = read_gguf(str(write_tiny(tmp_path / "tiny.gguf")))  # a str path works too
     assert s.tags_in_vocab == frozenset({"<think_on>", "<think>"})
-    assert s.tags_in_vocab <= AUTOTHINK_TAGS
+    assert s.tags_in_vocab <= KAT_TAGS
     assert (s.architecture, s.name, s.file_type) == ("llama", "tiny", "F32")
     assert (s.bos_token, s.eos_token, s.add_bos_token) == ("<s>", "</s>", None)
     assert s.parameter_count == len(TINY_TOKENS) * 8 + 8 + 7

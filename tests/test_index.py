@@ -19,8 +19,8 @@ import pytest
 from katpilot.errors import KatpilotError
 from katpilot.index import RepoIndex, RepoIndexError, build, parse
 from katpilot.index.lexical import count_words, unpack
-from katpilot.index.rank import estimate_tokens
 from katpilot.index.secrets import WITHHELD_MARKER, redact
+from katpilot.terms import estimate_tokens
 from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, PYTHON_NESTING, SECRET_REPO, write_repo
 
 

@@ -220,3 +220,41 @@ def test_completions_get_the_definitions_used_near_the_cursor(tmp_path: Path) ->
     found = index.enclosing_definition(tmp_path / "shapes.py", 6, 8, editor_text)
     assert found is not None and found.name == "total"
     index.shutdown()
+
+
+# -- completions through the session, on a scripted engine ---------------------------------------------
+
+
+def test_fill_in_the_middle_goes_through_the_sessions_raw_path() -> None:
+    """A FIM prompt reaches the engine as it is (no template, no gate) and stops at the cut."""
+    import threading
+
+    from scripted import ScriptedEngine
+
+    from lsp.generate import complete, completion_sampling
+
+    engine = ScriptedEngine(["x", " * 2", "\n", "\n", "def g():", "\n    pass"], fim_tokens=("<PRE>", "<SUF>", "<MID>"))
+    settings = Settings(system_prompt="never part of a FIM prompt")
+    context = CursorContext(
+        "def f(x):\n    return ", "\n\nprint(f(1))\n", "python", "pkg/mod.py", ["calc.py:1: def add(a, b)"]
+    )
+    text = complete(engine, settings, context, completion_sampling(settings, 64), threading.Event())
+    assert text == "x * 2"
+    assert engine.prompts == [fim_prompt(context, ("<PRE>", "<SUF>", "<MID>"), "#")]
+    assert engine.pieces == ["def g():", "\n    pass"]  # the blank line ended the stream there
+
+
+def test_chat_prompt_completion_uses_the_completion_system_prompt_and_sampling() -> None:
+    import threading
+
+    from scripted import ScriptedEngine
+
+    from lsp.completion import COMPLETION_SYSTEM
+    from lsp.generate import complete, completion_sampling
+
+    engine = ScriptedEngine(["```python\n", "x * 2", " + 1", " + 2"])
+    settings = Settings(system_prompt="the configured one")
+    context = ctx("def f(x):\n    return ", "\n")
+    assert complete(engine, settings, context, completion_sampling(settings, 3), threading.Event()) == "x * 2 + 1"
+    assert COMPLETION_SYSTEM in engine.prompts[0] and "the configured one" not in engine.prompts[0]
+    assert engine.pieces == [" + 2"]  # max_tokens 3: the completion's sampling, not the configured one

@@ -6,11 +6,10 @@ engine that fails), a bug (one that raises something unexpected), and the guard'
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from fastapi.testclient import TestClient
-from test_server_kat import QUESTION, client_for, sse_chunks
-from test_session_scripted import ScriptedEngine
+from scripted import QUESTION, ScriptedEngine, client_for, sse_chunks
 
 from katpilot.config import load_settings
 from katpilot.engine.base import SamplingParams, StreamStats
@@ -24,12 +23,18 @@ class FailingEngine(ScriptedEngine):
     failures = 1
 
     def stream(
-        self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None, stats: StreamStats | None = None
-    ) -> Iterator[str]:
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        stats: StreamStats | None = None,
+    ) -> Generator[str, None, None]:
         yield from super().stream(prompt, params, cancel, stats)
         if self.failures:
             self.failures -= 1
-            raise EngineError("llama.cpp failed while generating: decode returned -3", "retry; if it persists, lower n_ctx")
+            raise EngineError(
+                "llama.cpp failed while generating: decode returned -3", "retry; if it persists, lower n_ctx"
+            )
 
 
 def test_engine_error_is_an_openai_error_not_a_traceback() -> None:
@@ -46,7 +51,7 @@ def test_engine_error_mid_stream_is_an_error_event() -> None:
         reply = client.post("/v1/chat/completions", json={**QUESTION, "think": "off", "stream": True})
     assert reply.status_code == 200
     chunks = sse_chunks(reply.text)
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if "choices" in c and c["choices"]) == "42"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices")) == "42"
     assert chunks[-1]["error"]["code"] == "engine_error"
 
 
@@ -64,8 +69,12 @@ class BrokenEngine(ScriptedEngine):
     """Fails with a bug, not a KatpilotError, on purpose."""
 
     def stream(
-        self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None, stats: StreamStats | None = None
-    ) -> Iterator[str]:
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        stats: StreamStats | None = None,
+    ) -> Generator[str, None, None]:
         raise RuntimeError("something nobody anticipated")
         yield ""
 
@@ -81,16 +90,23 @@ def test_unexpected_error_is_a_plain_500_without_a_traceback() -> None:
 
 
 def keyed_client() -> TestClient:
-    return TestClient(create_app(ScriptedEngine(["4", "</answer>"]), load_settings({"profile": "kat"}).settings, api_key="k"))
+    return TestClient(
+        create_app(ScriptedEngine(["4", "</answer>"]), load_settings({"profile": "kat"}).settings, api_key="k")
+    )
 
 
 def test_missing_key_is_401_before_the_body_is_even_parsed() -> None:
     with keyed_client() as client:
         for headers in ({}, {"Authorization": "Basic k"}, {"Authorization": "Bearer"}, {"Authorization": "Bearer x"}):
-            reply = client.post("/v1/chat/completions", content=b"{not json", headers={**headers, "Content-Type": "application/json"})
+            reply = client.post(
+                "/v1/chat/completions", content=b"{not json", headers={**headers, "Content-Type": "application/json"}
+            )
             assert reply.status_code == 401, headers
             assert reply.json()["error"]["code"] == "invalid_api_key"
-        assert client.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": "bearer k"}).status_code == 400
+        assert (
+            client.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": "bearer k"}).status_code
+            == 400
+        )
 
 
 def test_oversized_bodies_are_413() -> None:
@@ -98,6 +114,10 @@ def test_oversized_bodies_are_413() -> None:
     headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
     with keyed_client() as client:
         declared = client.post("/v1/chat/completions", content=body, headers=headers)
-        chunked = client.post("/v1/chat/completions", content=iter([body[i : i + 2**20] for i in range(0, len(body), 2**20)]), headers=headers)
+        chunked = client.post(
+            "/v1/chat/completions",
+            content=iter([body[i : i + 2**20] for i in range(0, len(body), 2**20)]),
+            headers=headers,
+        )
     for reply in (declared, chunked):
         assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"

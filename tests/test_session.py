@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from katpilot.chat_template import Message
-from katpilot.engine.base import SamplingParams
+from katpilot.engine.base import SamplingParams, StreamStats
 from katpilot.engine.local import LocalEngine
 from katpilot.gate import Decision, Segment, Text
 from katpilot.profiles import KAT, PLAIN, PROFILES, THINK
-from katpilot.session import NO_DECISION, ChatSession, Finished, Notice, ThinkControls
+from katpilot.session import NO_DECISION, ChatSession, Completed, Finished, Notice, ThinkControls
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=60)
 
 
 def session(engine: LocalEngine, profile=PLAIN, max_tokens: int = 60) -> ChatSession:
-    return ChatSession(engine, profile, "You are a helpful assistant.", SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    return ChatSession(
+        engine, profile, "You are a helpful assistant.", SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    )
 
 
 def test_think_off_is_decided_by_the_user(engine: LocalEngine) -> None:
@@ -121,3 +125,36 @@ def test_cancel_keeps_what_was_streamed(engine: LocalEngine) -> None:
     assert response.stats.finish_reason == "cancelled"
     assert response.answer.startswith("".join(answer).strip()[:5])
     assert response.stats.completion_tokens <= 4
+
+
+# -- the raw path (fill-in-the-middle prompts are not chats) -----------------------------------------
+
+RAW_PROMPT = "def square(x):\n    return"
+
+
+def test_complete_is_the_engines_own_text_with_stats(engine: LocalEngine) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=12)
+    direct = StreamStats()
+    expected = "".join(engine.stream(RAW_PROMPT, params, None, direct))
+    items = list(ChatSession(engine, PLAIN, "a system prompt the raw path ignores", params).complete(RAW_PROMPT))
+    done = items[-1]
+    assert isinstance(done, Completed) and done.text == "".join(items[:-1]) == expected
+    stats = done.stats
+    assert (stats.completion_tokens, stats.finish_reason) == (direct.generated_tokens, direct.finish_reason)
+    assert stats.finish_reason in ("stop", "length") and stats.completion_tokens == stats.answer_tokens > 0
+    if stats.finish_reason == "length":
+        assert stats.completion_tokens == 12
+    assert stats.prompt_tokens == engine.count_tokens(RAW_PROMPT) and stats.time_to_first_token_s is not None
+
+
+def test_complete_stopped_by_the_caller_or_cancelled(engine: LocalEngine) -> None:
+    session = ChatSession(engine, PLAIN, None, SamplingParams(temperature=0.0, max_tokens=12))
+    done = list(session.complete(RAW_PROMPT, stop=lambda text: len(text) >= 3))[-1]
+    assert isinstance(done, Completed) and len(done.text) >= 3
+    assert done.stats.finish_reason == "stop" and 0 < done.stats.completion_tokens < 12
+    cancel = threading.Event()
+    cancel.set()
+    done = list(session.complete(RAW_PROMPT, cancel=cancel))[-1]
+    assert isinstance(done, Completed)
+    assert (done.text, done.stats.completion_tokens, done.stats.finish_reason) == ("", 0, "cancelled")
+    assert session.history == []

@@ -2,52 +2,24 @@
 
 The embedded SmolLM2 never writes KAT tags, so the paths that react to them (a tag split across
 tokens at the decision point, `</answer>` ending the response, a judge that never closes, an
-engine without probabilities) are exercised here with an engine that replays a script on purpose.
+engine without probabilities) are exercised here with an engine that replays a script on purpose
+(`scripted.ScriptedEngine`).
 Everything else in the session is tested on the real model in test_session.py.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+import pytest
+from scripted import ScriptedEngine
 
-from katpilot.engine.base import Engine, ModelInfo, SamplingParams, StreamStats
+from katpilot.chat_template import Message
+from katpilot.config import load_settings
+from katpilot.engine.base import SamplingParams
+from katpilot.errors import KatpilotError
 from katpilot.gate import Decision, Segment, Text
+from katpilot.models import new_session, sampling_params, think_controls
 from katpilot.profiles import JUDGE_MAX_TOKENS, KAT, PLAIN, THINK
-from katpilot.session import NO_DECISION, ChatSession, Notice, ThinkControls
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-class ScriptedEngine(Engine):
-    """Replays token pieces across calls; scores decisions with fixed log-probabilities (or none)."""
-
-    def __init__(self, pieces: list[str], logprobs: tuple[float, float] | None = (-1.0, -2.0)) -> None:
-        self.pieces = list(pieces)
-        self.logprobs = logprobs
-        self.prompts: list[str] = []
-        self.scored: list[str] = []
-        self.info = ModelInfo("scripted", None, "test", CHATML, "", "<|im_end|>", 4096)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text) // 4 + 1
-
-    def stream(
-        self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None, stats: StreamStats | None = None
-    ) -> Iterator[str]:
-        stats = stats if stats is not None else StreamStats()
-        self.prompts.append(prompt)
-        while self.pieces and stats.generated_tokens < params.max_tokens:
-            stats.generated_tokens += 1
-            yield self.pieces.pop(0)
-        stats.finish_reason = "stop" if not self.pieces else "length"
-
-    def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
-        self.scored.append(prompt)
-        return None if self.logprobs is None else [self.logprobs[0]] + [self.logprobs[1]] * (len(continuations) - 1)
+from katpilot.session import NO_DECISION, ChatSession, Completed, Notice, ThinkControls
 
 
 def run(engine: ScriptedEngine, controls: ThinkControls | None = None):
@@ -58,9 +30,9 @@ def run(engine: ScriptedEngine, controls: ThinkControls | None = None):
 
 def test_decision_point_with_a_tag_split_across_tokens() -> None:
     engine = ScriptedEngine(["easy", "</", "jud", "ge", "><", "think", "_off", ">", "4", "</answer>"])
-    events, response = run(engine, ThinkControls(threshold=0.5))
+    _, response = run(engine, ThinkControls(threshold=0.5))
     assert response.mode == "on" and response.decided_by == "model"
-    assert abs(response.p_on - 1 / (1 + 2.718281828459045 ** -1)) < 1e-9
+    assert abs(response.p_on - 1 / (1 + 2.718281828459045**-1)) < 1e-9
     assert engine.scored[0].endswith("</judge>")  # the half-written "<" was not scored
     assert "<" not in response.answer + response.think
     assert engine.prompts[-1].endswith("</judge>\n<think_on>\n<think>\n")
@@ -82,7 +54,9 @@ def test_judge_that_never_closes_is_cut() -> None:
 
 
 def test_engine_without_probabilities_lets_the_model_decide_once() -> None:
-    engine = ScriptedEngine(["ok", "</judge>", "\n", " ", "\n", "<think_off>", "<answer>", "fine", "</answer>"], logprobs=None)
+    engine = ScriptedEngine(
+        ["ok", "</judge>", "\n", " ", "\n", "<think_off>", "<answer>", "fine", "</answer>"], logprobs=None
+    )
     events, response = run(engine)
     notices = [e for e in events if isinstance(e, Notice) and "p(on)" in e.text]
     assert len(notices) == 1
@@ -141,3 +115,83 @@ def test_the_kat_decision_stays_the_models() -> None:
     engine = ScriptedEngine(["easy", "</judge>", "4", "</answer>"])
     response = ChatSession(engine, KAT, None, SamplingParams(max_tokens=50)).ask("q", ThinkControls(threshold=0.99))
     assert (response.mode, response.decided_by) == ("off", "model") and response.p_on is not None
+
+
+# -- the raw path: a prompt that is not a chat (fill-in-the-middle) ----------------------------------
+
+
+def raw(session: ChatSession, prompt: str, **kwargs):
+    """The pieces and the final `Completed` of `session.complete`."""
+    *pieces, done = session.complete(prompt, **kwargs)
+    assert isinstance(done, Completed) and all(isinstance(piece, str) for piece in pieces)
+    return pieces, done
+
+
+def test_complete_sends_the_prompt_as_it_is_and_counts_every_token() -> None:
+    engine = ScriptedEngine(["<think>", "x", " * ", "2", "</answer>"])
+    session = ChatSession(engine, KAT, "system", SamplingParams(max_tokens=50))
+    pieces, done = raw(session, "<PRE>def f(x):\n    return <SUF><MID>")
+    assert engine.prompts == ["<PRE>def f(x):\n    return <SUF><MID>"]  # no template, no prefill
+    assert pieces == ["<think>", "x", " * ", "2", "</answer>"] and done.text == "".join(pieces)  # no gate
+    assert (done.stats.completion_tokens, done.stats.answer_tokens, done.stats.finish_reason) == (5, 5, "stop")
+    assert done.stats.time_to_first_token_s is not None and done.stats.total_s >= done.stats.time_to_first_token_s
+    assert session.history == [] and engine.scored == []
+
+
+def test_complete_reports_length_and_takes_sampling_per_call() -> None:
+    engine = ScriptedEngine(["a", "b", "c", "d"])
+    session = ChatSession(engine, PLAIN, None, SamplingParams(max_tokens=50))
+    _, done = raw(session, "p", sampling=SamplingParams(max_tokens=2))
+    assert (done.text, done.stats.completion_tokens, done.stats.finish_reason) == ("ab", 2, "length")
+
+
+def test_complete_stops_where_the_caller_says_and_still_finishes() -> None:
+    engine = ScriptedEngine(["one", "\n", "two", "\n", "three"])
+    session = ChatSession(engine, PLAIN, None, SamplingParams(max_tokens=50))
+    _, done = raw(session, "p", stop=lambda text: text.count("\n") >= 2)
+    assert done.text == "one\ntwo\n" and done.stats.finish_reason == "stop" and done.stats.completion_tokens == 4
+    assert engine.pieces == ["three"]  # never read: the stream was closed
+
+
+def test_complete_closed_early_closes_the_engine_stream() -> None:
+    engine = ScriptedEngine(["a", "b", "c"])
+    items = ChatSession(engine, PLAIN).complete("p")
+    assert next(items) == "a"
+    items.close()
+    assert engine.pieces == ["b", "c"]
+
+
+# -- models: the options front ends give instead of setting them on a session ------------------------
+
+
+def test_new_session_takes_system_prompt_history_and_sampling() -> None:
+    settings = load_settings({"profile": "plain", "system_prompt": "configured"}).settings
+    engine = ScriptedEngine(["4"] * 10)
+    history = [Message("user", "earlier"), Message("assistant", "answer")]
+    session = new_session(
+        engine, settings, system_prompt="from the request", history=history, sampling=SamplingParams(max_tokens=3)
+    )
+    response = session.ask("question", ThinkControls(think="off"))
+    assert "from the request" in engine.prompts[0] and "configured" not in engine.prompts[0]
+    assert "earlier" in engine.prompts[0] and "answer" in engine.prompts[0]
+    assert response.stats.completion_tokens == 3  # the given sampling, not the configured one
+    assert history == [Message("user", "earlier"), Message("assistant", "answer")]  # copied, not shared
+    assert len(session.history) == 4
+    session.clear()
+    assert session.history == []
+
+
+def test_new_session_defaults_to_the_configuration() -> None:
+    settings = load_settings({"profile": "plain", "system_prompt": "configured", "max_tokens": 7}).settings
+    session = new_session(ScriptedEngine([]), settings)
+    assert (session.system_prompt, session.sampling, session.history) == ("configured", sampling_params(settings), [])
+
+
+def test_think_controls_take_overrides_by_the_config_rules() -> None:
+    settings = load_settings({"think": "on", "budget": 100, "threshold": 0.7}).settings
+    assert think_controls(settings) == ThinkControls("on", 100, 0.7)
+    assert think_controls(settings, "off") == ThinkControls("off", 100, 0.7)
+    assert think_controls(settings, budget=None) == ThinkControls("on", None, 0.7)
+    assert think_controls(settings, "auto", budget="256", threshold="0.3") == ThinkControls("auto", 256, 0.3)
+    with pytest.raises(KatpilotError, match="think"):
+        think_controls(settings, "sometimes")

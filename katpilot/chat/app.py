@@ -13,32 +13,27 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
 from textual.widgets.markdown import MarkdownStream
 
-from katpilot.chat.widgets import AssistantMessage, Notice, PromptInput, UserMessage, badge_text
+from katpilot.chat.widgets import AssistantMessage, NoticeLine, PromptInput, UserMessage, badge_text
 from katpilot.config import Settings
 from katpilot.errors import KatpilotError
 from katpilot.gate import Decision, Segment, Text
 from katpilot.history import History
-from katpilot.profiles import ThinkMode
-from katpilot.session import NO_DECISION, ChatSession, Finished, Response, ThinkControls
-from katpilot.session import Notice as SessionNotice
+from katpilot.models import load_engine, new_session, think_controls
+from katpilot.session import ChatSession, Finished, Notice, Response
+from katpilot.terms import ThinkMode
 
 # Five screen updates a second: the UI thread shares the GIL with the generating thread, and each
 # update costs the model time (bench/chat.py on 2 cores: ratio 0.91 at 10 Hz, 0.95 at 5 Hz).
 DRAIN_INTERVAL_S = 0.2
-
-
-def badge(mode: str | None, decided_by: str | None, p_on: float | None, stopped: bool = False) -> str:
-    """The answer's badge; an answer nobody decided (a plain model) says so instead of "model"."""
-    who = "no decision" if decided_by == NO_DECISION else decided_by
-    return badge_text(mode, who, p_on, stopped)
 
 
 def chat_threads(settings: Settings) -> Settings:
@@ -52,6 +47,8 @@ def chat_threads(settings: Settings) -> Settings:
         return settings
     cores = os.cpu_count() or 1
     return replace(settings, n_threads=max(1, cores - 1)) if cores > 1 else settings
+
+
 THINK_CYCLE: dict[ThinkMode, ThinkMode] = {"auto": "on", "on": "off", "off": "auto"}
 HELP = """\
 /think auto|on|off   who decides whether to think (Ctrl+T cycles)
@@ -76,21 +73,26 @@ class ChatApp(App[None]):
     #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
     #prompt { dock: bottom; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+t", "cycle_think", "think mode"),
         Binding("escape", "stop", "stop", show=False),
         Binding("ctrl+c", "stop_or_quit", "stop / quit", priority=True),
         Binding("ctrl+q", "quit", "quit"),
     ]
 
-    def __init__(self, settings: Settings, workspace: Path | None = None, resume: int | None = None,
-                 history_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workspace: Path | None = None,
+        resume: int | None = None,
+        history_path: Path | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.workspace = (workspace or Path.cwd()).resolve()
         self.resume_id = resume
         self.history_path = history_path
-        self.controls = ThinkControls(settings.think, settings.budget, settings.threshold)
+        self.controls = think_controls(settings)
         self.session: ChatSession | None = None
         self.history: History | None = None
         self.chat_id: int | None = None
@@ -158,7 +160,7 @@ class ChatApp(App[None]):
 
     def notice(self, text: str, error: bool = False) -> None:
         log = self.query_one("#log", VerticalScroll)
-        log.mount(Notice(text, classes="error" if error else ""))
+        log.mount(NoticeLine(text, classes="error" if error else ""))
         log.scroll_end(animate=False)
 
     # -- model and history ------------------------------------------------------------------------
@@ -166,20 +168,21 @@ class ChatApp(App[None]):
     @work(thread=True, exclusive=True, group="model")
     def load_model(self, settings: Settings) -> None:
         """Load (or switch) the model off the UI thread."""
-        from katpilot.models import load_engine, new_session
-
         try:
             engine = load_engine(chat_threads(settings))
-            session = new_session(engine, settings)
+            old = self.session
+            if old is not None:  # a model switch keeps the conversation
+                history = list(old.history)
+            elif self.history and self.chat_id is not None:  # a resumed chat
+                history = self.history.conversation(self.chat_id)
+            else:
+                history = []
+            session = new_session(engine, settings, history=history)
         except KatpilotError as exc:
             self.call_from_thread(self.notice, f"error: {exc.one_line()}", True)
             return
-        old = self.session
         if old is not None:
-            session.history = list(old.history)
             old.engine.close()
-        elif self.history and self.chat_id is not None:
-            session.history = self.history.conversation(self.chat_id)
         self.session, self.settings = session, settings
         self.call_from_thread(self._model_ready, engine.info.name)
 
@@ -212,7 +215,7 @@ class ChatApp(App[None]):
                 log.mount(UserMessage(m.content))
             elif m.role == "assistant":
                 thinking = "\n".join(part for part in (m.judge, m.think) if part)
-                log.mount(AssistantMessage(m.content, thinking, badge(m.mode, m.decided_by, m.p_on, m.partial)))
+                log.mount(AssistantMessage(m.content, thinking, badge_text(m.mode, m.decided_by, m.p_on, m.partial)))
                 think_tokens = m.stats.get("think_tokens")
                 self._tally(m.mode, m.decided_by, think_tokens if isinstance(think_tokens, int) else 0)
         self.notice(f"resumed chat {chat.id}: {chat.title}")
@@ -270,7 +273,7 @@ class ChatApp(App[None]):
         except KatpilotError as exc:
             with self._lock:
                 self._pending.append(exc)
-        except Exception as exc:  # noqa: BLE001 - a llama.cpp failure shows inline, never a traceback
+        except Exception as exc:  # a llama.cpp failure shows inline, never a traceback
             with self._lock:
                 self._pending.append(KatpilotError(f"{type(exc).__name__}: {exc}", "see KATPILOT_DEBUG=1 katpilot ask"))
 
@@ -284,7 +287,9 @@ class ChatApp(App[None]):
         if not events:
             return
         answer = "".join(e.text for e in events if isinstance(e, Text) and e.segment is Segment.ANSWER)
-        thinking = "".join(e.text for e in events if isinstance(e, Text) and e.segment in (Segment.JUDGE, Segment.THINK))
+        thinking = "".join(
+            e.text for e in events if isinstance(e, Text) and e.segment in (Segment.JUDGE, Segment.THINK)
+        )
         if thinking:
             message.add_thinking(thinking)
         if answer:
@@ -293,8 +298,8 @@ class ChatApp(App[None]):
             await self._stream.write(answer)
         for event in events:
             if isinstance(event, Decision):
-                message.badge.update(badge(event.mode, event.decided_by, event.p_on))
-            elif isinstance(event, SessionNotice):
+                message.badge.update(badge_text(event.mode, event.decided_by, event.p_on))
+            elif isinstance(event, Notice):
                 self.notice(event.text)
             elif isinstance(event, KatpilotError):
                 self.notice(f"error: {event.one_line()}", error=True)
@@ -313,14 +318,20 @@ class ChatApp(App[None]):
         if response is None or message is None:
             return
         stopped = response.stats.finish_reason == "cancelled"
-        message.badge.update(badge(response.mode, response.decided_by, response.p_on, stopped))
+        message.badge.update(badge_text(response.mode, response.decided_by, response.p_on, stopped))
         self._tally(response.mode, response.decided_by, response.stats.think_tokens)
         self.tokens_per_s = response.stats.tokens_per_s
         self.responses.append(response)
         self._save(
-            "assistant", response.answer, judge=response.judge, think=response.think, mode=response.mode,
-            decided_by=response.decided_by, p_on=response.p_on,
-            stats=asdict(response.stats), partial=stopped,
+            "assistant",
+            response.answer,
+            judge=response.judge,
+            think=response.think,
+            mode=response.mode,
+            decided_by=response.decided_by,
+            p_on=response.p_on,
+            stats=asdict(response.stats),
+            partial=stopped,
         )
         self._update_status()
 

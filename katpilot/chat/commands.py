@@ -93,7 +93,7 @@ def _clear(app: ChatApp, arg: str) -> None:
     app.chat_id = None
     app.attachments = []
     if app.session is not None:
-        app.session.history = []
+        app.session.clear()
     app.notice("new chat")
 
 
@@ -112,6 +112,14 @@ def _help(app: ChatApp, arg: str) -> None:
 
 
 COMMANDS = {
-    "think": _think, "budget": _budget, "threshold": _threshold, "model": _model, "add": _add, "map": _map,
-    "export": _export, "clear": _clear, "history": _history, "help": _help,
+    "think": _think,
+    "budget": _budget,
+    "threshold": _threshold,
+    "model": _model,
+    "add": _add,
+    "map": _map,
+    "export": _export,
+    "clear": _clear,
+    "history": _history,
+    "help": _help,
 }

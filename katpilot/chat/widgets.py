@@ -8,13 +8,23 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Input, Markdown, Static
 
+from katpilot.gate import NO_DECISION
+
 
 def badge_text(mode: str | None, decided_by: str | None, p_on: float | None, stopped: bool = False) -> str:
-    """THINK ON / THINK OFF, who decided, p(on) at the decision point."""
+    """THINK ON / THINK OFF, who decided, p(on) at the decision point.
+
+    An answer nobody decided (a plain model has no decision point) says "no decision", not "model".
+    """
     if mode is None:
         label = "deciding…"
     else:
-        who = "you" if decided_by == "user" else decided_by or "model"
+        if decided_by == "user":
+            who = "you"
+        elif decided_by == NO_DECISION:
+            who = "no decision"
+        else:
+            who = decided_by or "model"
         label = f"THINK {mode.upper()} · {who}" + (f" · p(on) {p_on:.2f}" if p_on is not None else "")
     return label + (" · stopped" if stopped else "")
 
@@ -25,12 +35,15 @@ class UserMessage(Static):
     """
 
 
-class Notice(Static):
-    """Something the user should know (an error, a trimmed turn, a command's result)."""
+class NoticeLine(Static):
+    """Something the user should know (an error, a trimmed turn, a command's result), one line in the log.
+
+    Not the session's `Notice` event, though a session notice is one of the things shown this way.
+    """
 
     DEFAULT_CSS = """
-    Notice { color: $text-muted; padding: 0 1; }
-    Notice.error { color: $error; }
+    NoticeLine { color: $text-muted; padding: 0 1; }
+    NoticeLine.error { color: $error; }
     """
 
 

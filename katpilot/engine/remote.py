@@ -8,7 +8,8 @@ Only a raw-prompt endpoint lets every one of those steps work exactly as with th
 What a raw prompt needs, and where it comes from (first that answers wins):
 - the chat template and BOS/EOS: see `remote_info`;
 - token counts: `/extras/tokenize` (llama-cpp-python), `/tokenize` (llama.cpp, vLLM), else an
-  estimate of 3 characters per token (marked in `info` so nobody mistakes it for a count);
+  estimate of 3 characters per token (`terms.estimate_tokens`; marked in `info` so nobody
+  mistakes it for a count);
 - p(on): `/v1/completions` with `echo` + `logprobs` over prompt + continuation, summing the
   continuation's token log-probabilities; a server that does not return them gives None (never
   an invented value).
@@ -22,7 +23,6 @@ import for front ends.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -36,6 +36,7 @@ from katpilot.engine.remote_info import list_models, remote_model_info
 from katpilot.engine.server_url import SCHEMES, RemoteSpec, api_key_from, is_remote, parse_spec
 from katpilot.engine.sse import sse_choices
 from katpilot.errors import ContextOverflowError, EngineError
+from katpilot.terms import estimate_tokens
 
 __all__ = [
     "SCHEMES",
@@ -48,7 +49,6 @@ __all__ = [
     "parse_spec",
 ]
 
-CHARS_PER_TOKEN_ESTIMATE = 3
 SETTLE_BACK_CHARS = 16  # step back this far from the shared prefix: >= 2 tokens to re-evaluate
 SENTINELS = ("\u00a4", "\u00a7")  # a character that ends the settling prompt (one differs from ours)
 
@@ -127,7 +127,7 @@ class RemoteEngine(Engine):
     def _tokenize_count(self, text: str) -> int:
         ids = self.tokenize(text)
         if ids is None:  # the server cannot tokenize: estimate (token_counts_estimated says so)
-            return max(1, math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)) if text else 0
+            return estimate_tokens(text)
         return len(ids)
 
     @property

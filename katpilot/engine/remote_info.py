@@ -17,7 +17,8 @@ from katpilot.engine.base import ModelInfo
 from katpilot.engine.http_client import CONNECT_TIMEOUT_S, Client, not_openai
 from katpilot.engine.server_url import RemoteSpec
 from katpilot.errors import EngineError, KatpilotError
-from katpilot.gguf_file import AUTOTHINK_TAGS, read_gguf, require_chat_template
+from katpilot.gate import KAT_TAGS
+from katpilot.gguf_file import read_gguf, require_chat_template
 
 
 def list_models(spec: RemoteSpec, client: Client | None = None, api_key: str | None = None) -> list[str]:
@@ -104,7 +105,7 @@ def _info_from_tokenizer_config(name: str, path: Path, n_ctx: int) -> ModelInfo:
     if not template:
         raise KatpilotError(f"{path} has no chat_template", "set remote_gguf to a file of the same model that has one")
     added = doc.get("added_tokens_decoder") or {}
-    tags = frozenset(str(t.get("content")) for t in added.values() if isinstance(t, dict)) & AUTOTHINK_TAGS
+    tags = frozenset(str(t.get("content")) for t in added.values() if isinstance(t, dict)) & KAT_TAGS
     ctx = doc.get("model_max_length")
     limit = int(ctx) if isinstance(ctx, (int, float)) and 0 < ctx < 10**7 else n_ctx
     return ModelInfo(

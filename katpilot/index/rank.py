@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from katpilot.index.parse import Definition
+from katpilot.terms import estimate_tokens
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,14 +35,6 @@ PRIVATE_NAME_WEIGHT = 0.1
 COMMON_NAME_WEIGHT = 0.1
 SHORT_NAME_WEIGHT = 0.1
 MIN_SPREAD_WEIGHT = 0.05
-
-# Token budget estimate when no tokenizer is given: code and paths run about 3 characters per
-# token in BPE vocabularies (SmolLM2 gives 3.3 on katpilot's own map), so this errs long.
-CHARS_PER_TOKEN = 3
-
-
-def estimate_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 @dataclass(frozen=True)

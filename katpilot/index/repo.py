@@ -25,6 +25,7 @@ from katpilot.index.search import DefinitionSearch
 from katpilot.index.secrets import is_secret_file
 from katpilot.index.store import IndexStore, default_cache_path
 from katpilot.index.walk import DEFAULT_MAX_FILE_BYTES, SourceFile, walk
+from katpilot.terms import estimate_tokens
 
 NEAR_RADIUS_LINES = 15  # "near the cursor": this many lines above and below
 SNIPPET_MAX_LINES = 40
@@ -291,7 +292,7 @@ class RepoIndex:
             focus_names=focus_names,
         )
         return rank.render_map(
-            ranked, max_tokens, count_tokens or rank.estimate_tokens, [self.relative(f) for f in exclude_files]
+            ranked, max_tokens, count_tokens or estimate_tokens, [self.relative(f) for f in exclude_files]
         )
 
     def read_text(self, path: str | Path) -> WorkspaceText:

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from katpilot import __version__
-from katpilot.config import Settings
-from katpilot.engine.base import Engine
+from katpilot.config import SERVE_QUEUE_DEFAULT, Settings
+from katpilot.engine.base import Engine, SamplingParams
 from katpilot.errors import KatpilotError
 from katpilot.models import EMBEDDED_NAME, new_session, profile_for, sampling_params, think_controls
 from katpilot.server import api_errors, sse
@@ -60,9 +60,6 @@ from katpilot.session import ChatSession, Finished, SessionEvent, ThinkControls
 log = logging.getLogger("katpilot.server")
 T = TypeVar("T")
 
-# Requests waiting or running at once: a small model answers in about a second, so 8 is several
-# seconds of backlog; beyond that a client is better told to come back (429) than left hanging.
-DEFAULT_QUEUE = 8
 # A whole conversation of a 128k-token context is well under 1 MiB of text; 16 MiB stops runaway
 # uploads without getting near a real request.
 MAX_BODY_BYTES = 16 * 2**20
@@ -108,12 +105,11 @@ class ServerState:
             code="model_not_found",
         )
 
-    def session(self, conversation: Conversation) -> ChatSession:
-        session = new_session(self.engine, self.settings)
-        if conversation.system is not None:
-            session.system_prompt = conversation.system
-        session.history = list(conversation.history)
-        return session
+    def session(self, conversation: Conversation, sampling: SamplingParams) -> ChatSession:
+        """A fresh session holding the request's system message (else the configured one) and turns."""
+        return new_session(
+            self.engine, self.settings, system_prompt=conversation.system, history=conversation.history, sampling=sampling
+        )
 
     def generate(
         self, session: ChatSession, user: str, controls: ThinkControls, cancel: threading.Event
@@ -143,7 +139,7 @@ def served_names(settings: Settings, engine: Engine) -> tuple[str, frozenset[str
 
 
 def create_app(
-    engine: Engine, settings: Settings, *, api_key: str | None = None, queue_limit: int = DEFAULT_QUEUE
+    engine: Engine, settings: Settings, *, api_key: str | None = None, queue_limit: int = SERVE_QUEUE_DEFAULT
 ) -> FastAPI:
     """The OpenAI-compatible API over `engine`; `settings` give the defaults a request can override."""
     model_id, names = served_names(settings, engine)
@@ -239,8 +235,7 @@ async def _respond(
     stops = stop_sequences(body)
     controls, set_by = resolve_controls(body, think_controls(settings))
     shown = Controls(think=controls.think, think_budget=controls.budget, think_threshold=controls.threshold, set_by=set_by)
-    session = state.session(conversation)
-    session.sampling = sampling
+    session = state.session(conversation, sampling)
     ticket = _admit(state)  # after every check: a bad request never takes a slot
     cancel = threading.Event()
     work = lambda: state.generate(session, conversation.user, controls, cancel)  # noqa: E731

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from katpilot.server.schemas import ThinkFields
 from katpilot.session import ThinkControls
+from katpilot.terms import ThinkMode
 
 # reasoning_effort=low: think only if the model judges it worth it, and briefly. 256 tokens is room
 # for a short plan, a fraction of a typical AutoThink think block (many hundreds of tokens).
 LOW_EFFORT_BUDGET = 256
 
 # reasoning_effort -> (mode, budget or None for "not set here")
-EFFORT: dict[str, tuple[str, int | None]] = {
+EFFORT: dict[str, tuple[ThinkMode, int | None]] = {
     "none": ("off", None),
     "minimal": ("off", None),
     "low": ("auto", LOW_EFFORT_BUDGET),

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from katpilot.session import DecidedBy
+from katpilot.gate import DecidedBy
+from katpilot.terms import Mode, ThinkMode
 
-ThinkField = Literal["auto", "on", "off"]
 # Every value the openai SDK's ReasoningEffort type allows; see controls.EFFORT.
 EffortField = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 MAX_STOP_SEQUENCES = 4  # as OpenAI
@@ -70,7 +70,7 @@ class ChatTemplateKwargs(_Request):
 class ThinkFields(_Request):
     """The think decision under the caller's control; precedence in `controls.py`."""
 
-    think: ThinkField | None = Field(None, description="katpilot: auto (the model judges), on or off.")
+    think: ThinkMode | None = Field(None, description="katpilot: auto (the model judges), on or off.")
     think_budget: int | None = Field(None, ge=1, description="katpilot: close the think block after N tokens.")
     think_threshold: float | None = Field(
         None, ge=0, le=1, description="katpilot, think=auto: think when p(on) >= this."
@@ -128,7 +128,7 @@ class TokenCounts(_Body):
 class Controls(_Body):
     """The effective think controls and which request field (or the server) set each one."""
 
-    think: ThinkField
+    think: ThinkMode
     think_budget: int | None
     think_threshold: float
     set_by: dict[str, str]
@@ -137,7 +137,7 @@ class Controls(_Body):
 class KatpilotInfo(_Body):
     """What AutoThink did: the decision, the judge's text, and tokens per segment."""
 
-    mode: Literal["on", "off"]
+    mode: Mode
     decided_by: DecidedBy  # "none": nobody chose the mode (a plain model has no decision point)
     p_on: float | None
     judge: str
@@ -154,7 +154,7 @@ class StreamNote(_Sparse):
     """katpilot's note on a stream chunk: judge text as it streams, the decision, a notice."""
 
     judge: str | None = None
-    mode: Literal["on", "off"] | None = None
+    mode: Mode | None = None
     decided_by: DecidedBy | None = None
     p_on: float | None = None
     notice: str | None = None

@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from katpilot.config import Settings
+from katpilot.config import SERVE_QUEUE_DEFAULT, Settings
 from katpilot.errors import ConfigError
 
 # Connections the kernel holds while the model loads and for bursts (the queue refuses the excess).
@@ -34,7 +34,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    queue: int = 8
+    queue: int = SERVE_QUEUE_DEFAULT
     insecure: bool = False
 
     def __post_init__(self) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from katpilot.chat.app import ChatApp, chat_threads  # noqa: E402
-from katpilot.config import load_settings  # noqa: E402
-from katpilot.models import load_engine, new_session, think_controls  # noqa: E402
+from katpilot.chat.app import ChatApp, chat_threads
+from katpilot.config import load_settings
+from katpilot.models import load_engine, new_session, think_controls
 
 QUESTION = "Write a long story about a dragon who learns to program."
 
@@ -83,8 +83,11 @@ def main() -> None:
             app_rates.append(rate)
             ready_times.append(ready)
             generated_rates.append(generated)
-            print(f"  round {round_ + 1}: session {direct_rates[-1]:.1f} tok/s, app {app_rates[-1]:.1f} tok/s on screen "
-                  f"({generated:.1f} generated), ready after {ready:.2f} s", flush=True)
+            print(
+                f"  round {round_ + 1}: session {direct_rates[-1]:.1f} tok/s, app {app_rates[-1]:.1f} tok/s on screen "
+                f"({generated:.1f} generated), ready after {ready:.2f} s",
+                flush=True,
+            )
     d, a = statistics.median(direct_rates), statistics.median(app_rates)
     print(f"tokens/s   session directly {d:.1f}   through the chat app {a:.1f}   ratio {a / d:.3f}  (target >= 0.95)")
     print(f"launch to a ready prompt (headless, model loaded): {statistics.median(ready_times):.2f} s")

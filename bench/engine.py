@@ -80,11 +80,15 @@ def main() -> None:
         ours.append(engine_tokens_per_s(engine, prompt, args.tokens))
     r, o = statistics.median(raw_runs), statistics.median(ours)
     ratio = o / r
-    print(f"tokens/s  raw llama-cpp-python {r:7.1f}   katpilot engine {o:7.1f}   ratio {ratio:.3f}  (target >= 0.97)  {'ok' if ratio >= 0.97 else 'MISSED'}")
+    print(
+        f"tokens/s  raw llama-cpp-python {r:7.1f}   katpilot engine {o:7.1f}   ratio {ratio:.3f}  (target >= 0.97)  {'ok' if ratio >= 0.97 else 'MISSED'}"
+    )
 
     first, second = second_turn_ratio(path)
     turn = second / first
-    print(f"time to first token  turn 1 {first * 1e3:6.0f} ms   turn 2 {second * 1e3:6.0f} ms   ratio {turn:.3f}  (target <= 0.5)  {'ok' if turn <= 0.5 else 'MISSED'}")
+    print(
+        f"time to first token  turn 1 {first * 1e3:6.0f} ms   turn 2 {second * 1e3:6.0f} ms   ratio {turn:.3f}  (target <= 0.5)  {'ok' if turn <= 0.5 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ CODE = (
     "    return out + a + b  # if x < y and y > z: <not a tag>\n"
 )
 RESPONSES = [
-    "<judge>\nThis needs a few steps.\n</judge>\n<think_on>\n<think>\nFirst, compare heads.\n" + CODE + "</think>\n<answer>\n" + CODE + "</answer>\n",
+    "<judge>\nThis needs a few steps.\n</judge>\n<think_on>\n<think>\nFirst, compare heads.\n"
+    + CODE
+    + "</think>\n<answer>\n"
+    + CODE
+    + "</answer>\n",
     "<judge>\nSimple lookup.\n</judge>\n<think_off>\n<answer>\nUse `sorted(a + b)`.\n" + CODE + "</answer>\n",
 ]
 
@@ -53,7 +57,9 @@ def model_seconds_per_token(n_tokens: int = 64) -> float:
 
     engine = LocalEngine(embedded_model_path(), n_ctx=2048)
     info = engine.info
-    prompt = render(info.chat_template, [Message("user", "Write a long story about a lighthouse.")], info.bos_token, info.eos_token)
+    prompt = render(
+        info.chat_template, [Message("user", "Write a long story about a lighthouse.")], info.bos_token, info.eos_token
+    )
     stats = StreamStats()
     start = time.perf_counter()
     for _ in engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=n_tokens), stats=stats):
@@ -72,14 +78,18 @@ def main() -> None:
 
     best = min(feed_all(text, 4096) for _ in range(3))
     mb_s = n_bytes / best / 1e6
-    print(f"4 KiB chunks : {mb_s:8.1f} MB/s over {n_bytes / 1e6:.1f} MB  (target >= 50)  {'ok' if mb_s >= 50 else 'MISSED'}")
+    print(
+        f"4 KiB chunks : {mb_s:8.1f} MB/s over {n_bytes / 1e6:.1f} MB  (target >= 50)  {'ok' if mb_s >= 50 else 'MISSED'}"
+    )
 
     token_text = text[:2_000_000]
     per_char = min(feed_all(token_text, 4) for _ in range(3)) / len(token_text)
     per_token = per_char * 4  # ~4 characters a token
     model = model_seconds_per_token()
     ratio = per_token / model
-    print(f"token chunks : {per_token * 1e6:8.2f} us/token; model {model * 1e3:.2f} ms/token; ratio {ratio:.5f}  (target <= 0.01)  {'ok' if ratio <= 0.01 else 'MISSED'}")
+    print(
+        f"token chunks : {per_token * 1e6:8.2f} us/token; model {model * 1e3:.2f} ms/token; ratio {ratio:.5f}  (target <= 0.01)  {'ok' if ratio <= 0.01 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def run_index(tree: Path, cache: Path, phase: str) -> dict:
     """One refresh in a fresh process, so peak memory is this run's own."""
     result = subprocess.run(
         [sys.executable, __file__, "--child", phase, "--tree", str(tree), "--cache", str(cache)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -75,10 +77,19 @@ def child(tree: Path, cache: Path) -> None:
     cpu += children_cpu()  # this process's share, and its workers'
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({
-        "seconds": seconds, "cpu": cpu, "files": report.files, "parsed": report.parsed, "definitions": report.definitions,
-        "peak_mib": max(peak_self, peak_workers) / 1024, "withheld_lines": report.withheld_lines,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu": cpu,
+                "files": report.files,
+                "parsed": report.parsed,
+                "definitions": report.definitions,
+                "peak_mib": max(peak_self, peak_workers) / 1024,
+                "withheld_lines": report.withheld_lines,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -103,8 +114,11 @@ def main() -> None:
             tags_cpu.append(cpu)
             cold.append(run_index(args.tree, cache, "cold"))
             warm.append(run_index(args.tree, cache, "warm"))
-            print(f"  round {round_ + 1}: ctags {tags[-1]:.2f} s, katpilot cold {cold[-1]['seconds']:.2f} s "
-                  f"(cpu {cold[-1]['cpu']:.2f} s), warm {warm[-1]['seconds']:.3f} s", flush=True)
+            print(
+                f"  round {round_ + 1}: ctags {tags[-1]:.2f} s, katpilot cold {cold[-1]['seconds']:.2f} s "
+                f"(cpu {cold[-1]['cpu']:.2f} s), warm {warm[-1]['seconds']:.3f} s",
+                flush=True,
+            )
         tag_lines = sum(1 for line in (Path(scratch) / "tags").open(errors="replace") if not line.startswith("!"))
 
     cold_s = statistics.median(r["seconds"] for r in cold)
@@ -112,7 +126,9 @@ def main() -> None:
     ctags_s = statistics.median(tags)
     last = cold[-1]
     print(f"files indexed        {last['files']} ({last['definitions']} definitions; ctags wrote {tag_lines} tags)")
-    print(f"cold index           {cold_s:.2f} s  ({last['files'] / cold_s:.0f} files/s), peak {last['peak_mib']:.0f} MiB")
+    print(
+        f"cold index           {cold_s:.2f} s  ({last['files'] / cold_s:.0f} files/s), peak {last['peak_mib']:.0f} MiB"
+    )
     print(f"warm refresh         {warm_s:.3f} s  (no change; target < 1 s)  peak {warm[-1]['peak_mib']:.0f} MiB")
     print(f"ctags -R             {ctags_s:.2f} s  ({last['files'] / ctags_s:.0f} files/s)")
     print(f"ratio cold/ctags     {cold_s / ctags_s:.2f}  (target <= 3)")

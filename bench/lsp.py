@@ -103,14 +103,21 @@ async def run(args: argparse.Namespace) -> None:
     client = LanguageClient("bench", "1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KATPILOT_")} | {"KATPILOT_HOME": str(home)}
     log = home / "lsp.log"
-    await client.start_io("/bin/sh", "-c", f'exec "{sys.executable}" -m katpilot lsp --n-threads {threads} 2>"{log}"', env=env)
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), root_uri=workspace.as_uri(),
-        initialization_options={"debounce_ms": 0, "completion_max_tokens": args.tokens},
-    ))
+    await client.start_io(
+        "/bin/sh", "-c", f'exec "{sys.executable}" -m katpilot lsp --n-threads {threads} 2>"{log}"', env=env
+    )
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            root_uri=workspace.as_uri(),
+            initialization_options={"debounce_ms": 0, "completion_max_tokens": args.tokens},
+        )
+    )
     client.initialized(types.InitializedParams())
     for path, text, _ in docs:
-        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(path.as_uri(), "python", 1, text)))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(path.as_uri(), "python", 1, text))
+        )
     await asyncio.sleep(2)  # the server's index build and model load
 
     async def through_server(path: Path, text: str, offset: int) -> tuple[float, str]:
@@ -118,7 +125,8 @@ async def run(args: argparse.Namespace) -> None:
         character = offset - (text.rfind("\n", 0, offset) + 1)
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-            text_document=types.TextDocumentIdentifier(path.as_uri()), position=types.Position(line, character),
+            text_document=types.TextDocumentIdentifier(path.as_uri()),
+            position=types.Position(line, character),
         )
         started = time.perf_counter()
         result = await client.text_document_inline_completion_async(params)
@@ -146,8 +154,10 @@ async def run(args: argparse.Namespace) -> None:
     direct.engine.close()
     direct.index.close()
 
-    print(f"{args.requests} completions, {args.prefix_chars}-character prefixes of {args.source.name}, "
-          f"at most {args.tokens} tokens (mean {statistics.mean(tokens):.1f} generated, cut at boundaries), {threads} threads")
+    print(
+        f"{args.requests} completions, {args.prefix_chars}-character prefixes of {args.source.name}, "
+        f"at most {args.tokens} tokens (mean {statistics.mean(tokens):.1f} generated, cut at boundaries), {threads} threads"
+    )
     print(f"{'':12}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in (("lsp", server_s), ("direct", direct_s)):
         print(f"{name:12}{percentile(values, 0.5) * 1000:10.1f}{percentile(values, 0.95) * 1000:10.1f}")

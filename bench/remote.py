@@ -38,8 +38,23 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
         port = s.getsockname()[1]
     log = open(tempfile.mkstemp(prefix="bench-remote-", suffix=".log")[1], "wb")  # noqa: SIM115
     threads = str(min(4, os.cpu_count() or 1))
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", threads, "--n_threads_batch", threads]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(embedded_model_path()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        threads,
+        "--n_threads_batch",
+        threads,
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(300):
@@ -58,7 +73,14 @@ def direct_tokens_per_s(url: str, model: str, prompt: str, n: int) -> float:
     """A plain streaming client: one POST, read the events, time first to last token."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0.0, "repeat_penalty": 1.0, "stream": True}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": n,
+        "temperature": 0.0,
+        "repeat_penalty": 1.0,
+        "stream": True,
+    }
     conn.request("POST", parts.path + "/completions", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     first = last = 0.0
@@ -107,7 +129,9 @@ def main() -> None:
         d, r = statistics.median(direct), statistics.median(remote)
         ratio = r / d
         verdict = "ok" if ratio >= TARGET else "BELOW TARGET"
-        print(f"tokens/s  direct client {d:7.1f}   katpilot remote engine {r:7.1f}   ratio {ratio:.3f}  (target >= {TARGET})  {verdict}")
+        print(
+            f"tokens/s  direct client {d:7.1f}   katpilot remote engine {r:7.1f}   ratio {ratio:.3f}  (target >= {TARGET})  {verdict}"
+        )
     finally:
         if proc is not None:
             proc.kill()

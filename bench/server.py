@@ -58,7 +58,9 @@ def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "katpilot", "serve", "--port", "0", "--n-ctx", str(N_CTX), "--queue", "64"],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -86,7 +88,11 @@ def post(conn: http.client.HTTPConnection, path: str, body: dict) -> http.client
 def chat_body(question: str, tokens: int, stream: bool) -> dict:
     return {
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-        "max_tokens": tokens, "think": "off", "stream": stream, "stream_options": {"include_usage": True}, **GREEDY,
+        "max_tokens": tokens,
+        "think": "off",
+        "stream": stream,
+        "stream_options": {"include_usage": True},
+        **GREEDY,
     }
 
 
@@ -120,8 +126,14 @@ def sdk_tokens_per_s(base_url: str, tokens: int) -> float:
     first = last = None
     generated = 0
     for chunk in client.chat.completions.create(
-        model="smollm2-135m", messages=body["messages"], max_tokens=tokens, stream=True,
-        stream_options={"include_usage": True}, temperature=0.0, seed=0, extra_body=extra,
+        model="smollm2-135m",
+        messages=body["messages"],
+        max_tokens=tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0.0,
+        seed=0,
+        extra_body=extra,
     ):
         if chunk.usage:
             generated = chunk.usage.completion_tokens
@@ -171,7 +183,9 @@ def session_requests_per_s(engine: LocalEngine, requests: int) -> float:
     profile = get_profile("auto", engine.info.chat_template, engine.info.tags_in_vocab)
     start = time.perf_counter()
     for _ in range(requests):
-        session = ChatSession(engine, profile, SYSTEM, SamplingParams(temperature=0.0, repeat_penalty=1.0, seed=0, max_tokens=4))
+        session = ChatSession(
+            engine, profile, SYSTEM, SamplingParams(temperature=0.0, repeat_penalty=1.0, seed=0, max_tokens=4)
+        )
         session.ask(SHORT, ThinkControls(think="off"))
     return requests / (time.perf_counter() - start)
 
@@ -206,8 +220,12 @@ def main() -> None:
             sdk = statistics.median(sdk_tokens_per_s(base_url, args.tokens) for _ in range(max(1, args.rounds // 2)))
             d, s = statistics.median(direct), statistics.median(served)
             ratio = s / d
-            print(f"streaming tokens/s  engine directly {d:7.1f}   through the server {s:7.1f}   ratio {ratio:.3f}  (target >= {TARGET})  {verdict(ratio)}")
-            print(f"                    openai SDK client {sdk:7.1f}   ratio {sdk / d:.3f}  (for reference)   tokens per run: {sorted(counts)}")
+            print(
+                f"streaming tokens/s  engine directly {d:7.1f}   through the server {s:7.1f}   ratio {ratio:.3f}  (target >= {TARGET})  {verdict(ratio)}"
+            )
+            print(
+                f"                    openai SDK client {sdk:7.1f}   ratio {sdk / d:.3f}  (for reference)   tokens per run: {sorted(counts)}"
+            )
 
             session_requests_per_s(engine, 3)  # warm the prefix cache
             in_process = session_requests_per_s(engine, args.requests)

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -34,13 +34,20 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
 # Options shared by commands that run a model; None means "not given" (config and env decide).
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path, an alias from the config's models table, or a server: openai+http://host:port/v1#model.")]
-ProfileOpt = Annotated[Optional[str], typer.Option(help="Format family: auto, kat, think or plain.")]
-ThinkOpt = Annotated[Optional[str], typer.Option("--think", help="auto (the model judges), on or off.")]
-BudgetOpt = Annotated[Optional[int], typer.Option("--budget", help="Close the think block after N tokens.")]
-ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="think=auto: think when p(on) >= P.")]
-NCtxOpt = Annotated[Optional[int], typer.Option(help="Context window in tokens.")]
-NThreadsOpt = Annotated[Optional[int], typer.Option()]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="GGUF path, an alias from the config's models table, or a server: openai+http://host:port/v1#model.",
+    ),
+]
+ProfileOpt = Annotated[str | None, typer.Option(help="Format family: auto, kat, think or plain.")]
+ThinkOpt = Annotated[str | None, typer.Option("--think", help="auto (the model judges), on or off.")]
+BudgetOpt = Annotated[int | None, typer.Option("--budget", help="Close the think block after N tokens.")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="think=auto: think when p(on) >= P.")]
+NCtxOpt = Annotated[int | None, typer.Option(help="Context window in tokens.")]
+NThreadsOpt = Annotated[int | None, typer.Option()]
 
 
 def _flags(**values: object) -> dict[str, object]:
@@ -105,20 +112,22 @@ def ask(
     think: ThinkOpt = None,
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
-    show_thinking: Annotated[bool, typer.Option("--show-thinking", help="Stream judge and thinking to stderr.")] = False,
+    show_thinking: Annotated[
+        bool, typer.Option("--show-thinking", help="Stream judge and thinking to stderr.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     model: ModelOpt = None,
     profile: ProfileOpt = None,
-    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
-    top_p: Annotated[Optional[float], typer.Option()] = None,
-    top_k: Annotated[Optional[int], typer.Option()] = None,
-    min_p: Annotated[Optional[float], typer.Option()] = None,
-    repeat_penalty: Annotated[Optional[float], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    max_tokens: Annotated[Optional[int], typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    min_p: Annotated[float | None, typer.Option()] = None,
+    repeat_penalty: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
     n_ctx: NCtxOpt = None,
     n_threads: NThreadsOpt = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
 ) -> None:
     """Ask one question; the answer goes to stdout, thinking (if shown) to stderr."""
     from katpilot.gate import NO_DECISION, Decision, Segment, Text
@@ -127,9 +136,21 @@ def ask(
 
     resolved = config_mod.load_settings(
         _flags(
-            model=model, profile=profile, think=think, budget=budget, threshold=threshold,
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
-            seed=seed, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads, system_prompt=system,
+            model=model,
+            profile=profile,
+            think=think,
+            budget=budget,
+            threshold=threshold,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            system_prompt=system,
         )
     )
     settings = resolved.settings
@@ -176,9 +197,8 @@ def models_list(ctx: typer.Context) -> None:
     """List known models: the embedded default and the config's [models] aliases."""
     if ctx.invoked_subcommand is not None:
         return
-    from katpilot.models import known_models, remote_spec, resolve_model
-
     from katpilot.errors import ModelFileError
+    from katpilot.models import known_models, remote_spec, resolve_model
 
     settings = config_mod.load_settings().settings
     _list_remote_models(settings)
@@ -235,24 +255,45 @@ def config_show() -> None:
 @app.command()
 def serve(
     model: ModelOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; a non-loopback one needs --api-key or --insecure.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; a non-loopback one needs --api-key or --insecure.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="KATPILOT_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1.")] = None,
-    queue: Annotated[int, typer.Option("--queue", help="Requests waiting or running at once; more get 429.")] = config_mod.SERVE_QUEUE_DEFAULT,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="KATPILOT_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1."
+        ),
+    ] = None,
+    queue: Annotated[
+        int, typer.Option("--queue", help="Requests waiting or running at once; more get 429.")
+    ] = config_mod.SERVE_QUEUE_DEFAULT,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")
+    ] = False,
     profile: ProfileOpt = None,
     think: ThinkOpt = None,
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Default max tokens per response.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Default max tokens per response.")] = None,
     n_ctx: NCtxOpt = None,
     n_threads: NThreadsOpt = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (docs/server.md); flags set request defaults."""
-    from katpilot.server.serve import ServeOptions, serve as run_server
+    from katpilot.server.serve import ServeOptions
+    from katpilot.server.serve import serve as run_server
 
     settings = config_mod.load_settings(
-        _flags(model=model, profile=profile, think=think, budget=budget, threshold=threshold, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads)
+        _flags(
+            model=model,
+            profile=profile,
+            think=think,
+            budget=budget,
+            threshold=threshold,
+            max_tokens=max_tokens,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+        )
     ).settings
     run_server(settings, ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure))
 
@@ -263,7 +304,7 @@ def chat_command(
     think: ThinkOpt = None,
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Reopen a chat: its ID, or 'last'.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Reopen a chat: its ID, or 'last'.")] = None,
     workspace: Annotated[Path, typer.Option("--workspace", help="The repository /add and /map read.")] = Path("."),
 ) -> None:
     """Chat in the terminal: streaming answers, the thinking one key away, history that survives a crash."""
@@ -280,12 +321,14 @@ def chat_command(
 
 @app.command("lsp")
 def lsp_command(
-    tcp: Annotated[Optional[str], typer.Option("--tcp", help="Listen on [HOST:]PORT instead of stdio; HOST defaults to 127.0.0.1.")] = None,
+    tcp: Annotated[
+        str | None, typer.Option("--tcp", help="Listen on [HOST:]PORT instead of stdio; HOST defaults to 127.0.0.1.")
+    ] = None,
     model: ModelOpt = None,
     think: ThinkOpt = None,
     budget: BudgetOpt = None,
     threshold: ThresholdOpt = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Max tokens of an action's or question's answer.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max tokens of an action's or question's answer.")] = None,
     n_ctx: NCtxOpt = None,
     n_threads: NThreadsOpt = None,
 ) -> None:
@@ -293,7 +336,15 @@ def lsp_command(
     from lsp.server import run
 
     settings = config_mod.load_settings(
-        _flags(model=model, think=think, budget=budget, threshold=threshold, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads)
+        _flags(
+            model=model,
+            think=think,
+            budget=budget,
+            threshold=threshold,
+            max_tokens=max_tokens,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+        )
     ).settings
     run(settings, _tcp_address(tcp) if tcp is not None else None)
 
@@ -333,7 +384,9 @@ def history_command(
 
 
 RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")
+]
 
 
 def _refresh_index(path: Path, exclude: list[str] | None, show_progress: bool) -> tuple[RepoIndex, RefreshReport]:
@@ -378,8 +431,12 @@ def index_command(
 @app.command("map")
 def map_command(
     path: RepoArg = Path("."),
-    tokens: Annotated[int, typer.Option("--tokens", min=1, help="Token budget (estimated at 3 characters per token).")] = 1024,
-    focus: Annotated[Optional[list[str]], typer.Option("--focus", help="A file (or symbol name) to rank toward; repeatable.")] = None,
+    tokens: Annotated[
+        int, typer.Option("--tokens", min=1, help="Token budget (estimated at 3 characters per token).")
+    ] = 1024,
+    focus: Annotated[
+        list[str] | None, typer.Option("--focus", help="A file (or symbol name) to rank toward; repeatable.")
+    ] = None,
     exclude: ExcludeOpt = None,
 ) -> None:
     """Print the ranked repo map: the definitions the repository leans on most, within a token budget."""
@@ -401,7 +458,7 @@ def main() -> None:
         _fail("katpilot: interrupted", 130)
     except BrokenPipeError:
         os._exit(0)  # the reader went away (`katpilot ask ... | head`): nothing left to say
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+    except Exception as exc:
         if os.environ.get("KATPILOT_DEBUG"):
             raise
         _fail(f"katpilot: internal error: {type(exc).__name__}: {exc} (set KATPILOT_DEBUG=1 for details)", 1)

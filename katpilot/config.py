@@ -59,9 +59,8 @@ class _Rule:
         return f"<= {_num(hi)}" if hi is not None else "any value"
 
     def in_range(self, value: float) -> bool:
-        if self.minimum is not None:
-            if value < self.minimum or (self.min_exclusive and value == self.minimum):
-                return False
+        if self.minimum is not None and (value < self.minimum or (self.min_exclusive and value == self.minimum)):
+            return False
         return self.maximum is None or value <= self.maximum
 
 
@@ -77,61 +76,77 @@ class Settings:
     """Every user setting, with its effective value. Build one with `load_settings`."""
 
     model: str | None = _setting(
-        None, "GGUF path, a name from [models], or a server: openai+http://host:port/v1#model; "
-        "none = the embedded default model", str,
+        None,
+        "GGUF path, a name from [models], or a server: openai+http://host:port/v1#model; "
+        "none = the embedded default model",
+        str,
         optional=True,
     )
     profile: ProfileChoice = _setting(
-        "auto", "AutoThink format family; auto = detect it from the GGUF", str,
+        "auto",
+        "AutoThink format family; auto = detect it from the GGUF",
+        str,
         choices=PROFILE_CHOICES,
     )
     think: ThinkMode = _setting(
-        "auto", "reasoning mode: auto = the model judges per request; on/off force it", str,
+        "auto",
+        "reasoning mode: auto = the model judges per request; on/off force it",
+        str,
         choices=THINK_MODES,
     )
     budget: int | None = _setting(
-        None, "max think tokens before the think block is closed; none = no limit", int,
-        optional=True, minimum=1,
+        None,
+        "max think tokens before the think block is closed; none = no limit",
+        int,
+        optional=True,
+        minimum=1,
     )
-    threshold: float = _setting(
-        0.5, "think when p(on) >= threshold (think=auto)", float, minimum=0, maximum=1
-    )
+    threshold: float = _setting(0.5, "think when p(on) >= threshold (think=auto)", float, minimum=0, maximum=1)
     temperature: float = _setting(0.7, "sampling temperature; 0 = greedy", float, minimum=0)
     top_p: float = _setting(
-        0.95, "nucleus sampling: keep the smallest token set with this total probability", float,
-        minimum=0, maximum=1, min_exclusive=True,
+        0.95,
+        "nucleus sampling: keep the smallest token set with this total probability",
+        float,
+        minimum=0,
+        maximum=1,
+        min_exclusive=True,
     )
     top_k: int = _setting(40, "keep only the k most likely tokens; 0 = no limit", int, minimum=0)
     min_p: float = _setting(
-        0.05, "drop tokens less likely than min_p times the most likely one", float,
-        minimum=0, maximum=1,
+        0.05,
+        "drop tokens less likely than min_p times the most likely one",
+        float,
+        minimum=0,
+        maximum=1,
     )
-    repeat_penalty: float = _setting(
-        1.1, "penalty on repeated tokens; 1 = none", float, minimum=0, min_exclusive=True
-    )
-    seed: int | None = _setting(
-        None, "sampling seed for reproducible output; none = random", int, optional=True
-    )
+    repeat_penalty: float = _setting(1.1, "penalty on repeated tokens; 1 = none", float, minimum=0, min_exclusive=True)
+    seed: int | None = _setting(None, "sampling seed for reproducible output; none = random", int, optional=True)
     max_tokens: int = _setting(1024, "max tokens generated per response", int, minimum=1)
     n_ctx: int = _setting(4096, "context window in tokens", int, minimum=256)
-    n_threads: int | None = _setting(
-        None, "CPU threads for inference; none = automatic", int, optional=True, minimum=1
-    )
+    n_threads: int | None = _setting(None, "CPU threads for inference; none = automatic", int, optional=True, minimum=1)
     system_prompt: str = _setting(
         "You are katpilot, a concise and careful coding assistant.",
-        "system prompt sent before every conversation", str,
+        "system prompt sent before every conversation",
+        str,
     )
     api_key: str | None = _setting(
-        None, "API key of a remote model server (--model openai+http://...); never printed; "
-        "falls back to OPENAI_API_KEY", str, optional=True,
+        None,
+        "API key of a remote model server (--model openai+http://...); never printed; falls back to OPENAI_API_KEY",
+        str,
+        optional=True,
     )
     remote_gguf: str | None = _setting(
-        None, "local GGUF (path or [models] name) giving a remote model's chat template and "
-        "special tokens when its server does not report them", str, optional=True,
+        None,
+        "local GGUF (path or [models] name) giving a remote model's chat template and "
+        "special tokens when its server does not report them",
+        str,
+        optional=True,
     )
     models: dict[str, str] = _setting(
-        {}, 'model aliases, the [models] table: name = "path/to/model.gguf" (use as --model NAME)',
-        dict, env=False,
+        {},
+        'model aliases, the [models] table: name = "path/to/model.gguf" (use as --model NAME)',
+        dict,
+        env=False,
     )
 
 
@@ -158,7 +173,7 @@ def describe(field_name: str) -> str:
     """The one-line description of a setting (for `config show` and the docs)."""
     for f in fields(Settings):
         if f.name == field_name:
-            return f.metadata["description"]
+            return str(f.metadata["description"])
     raise ConfigError(
         f"unknown setting {field_name!r}{_suggest(field_name, SETTING_NAMES)}",
         "run `katpilot config show` to list the settings",
@@ -202,9 +217,7 @@ def load_settings(
 
     if problems:
         fixes = list(dict.fromkeys(fix for _, fix in problems))
-        raise ConfigError(
-            _flatten("; ".join(problem for problem, _ in problems)), _flatten("; ".join(fixes))
-        )
+        raise ConfigError(_flatten("; ".join(problem for problem, _ in problems)), _flatten("; ".join(fixes)))
     return ResolvedConfig(settings=Settings(**values), sources=sources, config_path=path)
 
 
@@ -247,7 +260,11 @@ def render_show(resolved: ResolvedConfig) -> str:
 # --- layers ---------------------------------------------------------------------------------------
 
 
-def _file_layer(path: Path, problems: list[tuple[str, str]]):
+# One value a layer sets: (setting name, checked value, where it came from).
+LayerEntry = tuple[str, object, str]
+
+
+def _file_layer(path: Path, problems: list[tuple[str, str]]) -> list[LayerEntry]:
     """(name, value, source) for each valid key of the config file; problems appended."""
     where = f"config file {path}"
     fix = f"edit {path}"
@@ -259,25 +276,20 @@ def _file_layer(path: Path, problems: list[tuple[str, str]]):
         problems.append((f"cannot read {where}: it is a directory", f"remove or rename {path}"))
         return []
     except OSError as exc:
-        problems.append(
-            (f"cannot read {where}: {exc.strerror or exc}", f"make {path} readable or delete it")
-        )
+        problems.append((f"cannot read {where}: {exc.strerror or exc}", f"make {path} readable or delete it"))
         return []
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        problems.append(
-            (f"{where} is not UTF-8 text (bad byte at offset {exc.start})", f"save {path} as UTF-8")
-        )
+        problems.append((f"{where} is not UTF-8 text (bad byte at offset {exc.start})", f"save {path} as UTF-8"))
         return []
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problem = f"{where}: TOML syntax error: {_flatten(str(exc))}"
-        problems.append((problem, f"edit or delete {path}"))
+        problems.append((f"{where}: TOML syntax error: {_flatten(str(exc))}", f"edit or delete {path}"))
         return []
 
-    found = []
+    found: list[LayerEntry] = []
     for key, value in data.items():
         if key not in _RULES:
             problems.append((f"{where}: unknown key {key!r}{_suggest(key, SETTING_NAMES)}", fix))
@@ -290,8 +302,8 @@ def _file_layer(path: Path, problems: list[tuple[str, str]]):
     return found
 
 
-def _env_layer(environ: Mapping[str, str], problems: list[tuple[str, str]]):
-    found = []
+def _env_layer(environ: Mapping[str, str], problems: list[tuple[str, str]]) -> list[LayerEntry]:
+    found: list[LayerEntry] = []
     for name, rule in _RULES.items():
         var = env_var(name)
         if not rule.env or var not in environ:
@@ -306,16 +318,14 @@ def _env_layer(environ: Mapping[str, str], problems: list[tuple[str, str]]):
     return found
 
 
-def _flag_layer(flags: Mapping[str, object], problems: list[tuple[str, str]]):
-    found = []
+def _flag_layer(flags: Mapping[str, object], problems: list[tuple[str, str]]) -> list[LayerEntry]:
+    found: list[LayerEntry] = []
     for name, value in flags.items():
         if value is None:
             continue
         flag = flag_name(name)
         if name not in _RULES:
-            problems.append(
-                (f"unknown flag {flag}{_suggest(name, SETTING_NAMES)}", "see `katpilot --help`")
-            )
+            problems.append((f"unknown flag {flag}{_suggest(name, SETTING_NAMES)}", "see `katpilot --help`"))
             continue
         if isinstance(value, enum.Enum):  # typer choice options arrive as enum members
             value = value.value
@@ -440,9 +450,7 @@ def _literal(value: Any) -> str:
 def _toml_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
-    labels = (
-        (int, "integer"), (float, "float"), (str, "string"), (Mapping, "table"), (list, "array")
-    )
+    labels = ((int, "integer"), (float, "float"), (str, "string"), (Mapping, "table"), (list, "array"))
     for kind, label in labels:
         if isinstance(value, kind):
             return label

@@ -251,12 +251,7 @@ def merge_texts(events: list[Event]) -> list[Event]:
     """Join adjacent Text events of the same segment: the chunking-independent form of a stream."""
     merged: list[Event] = []
     for event in events:
-        if (
-            isinstance(event, Text)
-            and merged
-            and isinstance(merged[-1], Text)
-            and merged[-1].segment is event.segment
-        ):
+        if isinstance(event, Text) and merged and isinstance(merged[-1], Text) and merged[-1].segment is event.segment:
             merged[-1] = Text(event.segment, merged[-1].text + event.text)
         elif not isinstance(event, Text) or event.text:
             merged.append(event)

@@ -189,7 +189,7 @@ class _Cursor:
     """A read position in the mapped file. Every read is bounds-checked, so garbage lengths can
     neither allocate, loop for ages, nor index past the end."""
 
-    __slots__ = ("buf", "size", "pos")
+    __slots__ = ("buf", "pos", "size")
 
     def __init__(self, buf: mmap.mmap, size: int) -> None:
         self.buf = buf
@@ -458,7 +458,9 @@ def _token_text(vocab: list[bytes], token_id: int | None) -> str | None:
 def _fim_tokens(meta: _Metadata, vocab: set[bytes]) -> tuple[str, str, str] | None:
     """The model's fill-in-the-middle tokens: from the tokenizer's FIM ids, else a known triple."""
     tok = _KEYS.Tokenizer
-    by_id = tuple(_token_text(meta.vocab, meta.get_int(key)) for key in (tok.FIM_PRE_ID, tok.FIM_SUF_ID, tok.FIM_MID_ID))
+    by_id = tuple(
+        _token_text(meta.vocab, meta.get_int(key)) for key in (tok.FIM_PRE_ID, tok.FIM_SUF_ID, tok.FIM_MID_ID)
+    )
     if all(by_id):
         return by_id  # type: ignore[return-value]
     return next((t for t in FIM_TRIPLES if all(x.encode() in vocab for x in t)), None)
@@ -552,7 +554,7 @@ def _describe_non_gguf(head: bytes) -> tuple[str, str]:
         return "it is a pre-GGUF GGML/GGJT model", _FIX_CONVERT
     if len(head) >= 9 and head[8:9] == b"{":
         return "it is a safetensors file", _FIX_CONVERT
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "it looks like a PyTorch checkpoint", _FIX_CONVERT
     if _looks_like_text(head):
         return "it is a text file", _FIX_CONVERT

@@ -169,11 +169,15 @@ class History:
             with self.db:
                 return self.db.execute(sql, args).lastrowid or 0
         except sqlite3.OperationalError as exc:
-            raise HistoryError(f"could not save to the chat history {self.path} ({exc})", "free disk space or check permissions") from None
+            raise HistoryError(
+                f"could not save to the chat history {self.path} ({exc})", "free disk space or check permissions"
+            ) from None
 
     def new_chat(self, model: str, title: str = "") -> int:
         now = time.time()
-        return self._write("INSERT INTO chats (title, model, created_at, updated_at) VALUES (?, ?, ?, ?)", (title, model, now, now))
+        return self._write(
+            "INSERT INTO chats (title, model, created_at, updated_at) VALUES (?, ?, ?, ?)", (title, model, now, now)
+        )
 
     def add_message(
         self,
@@ -236,7 +240,9 @@ class History:
     def chat(self, chat_id: int) -> ChatSummary:
         found = [c for c in self.chats(limit=-1) if c.id == chat_id]
         if not found:
-            raise HistoryError(f"there is no chat {chat_id} in the history", "see `katpilot history` for the chats there are")
+            raise HistoryError(
+                f"there is no chat {chat_id} in the history", "see `katpilot history` for the chats there are"
+            )
         return found[0]
 
     def messages(self, chat_id: int) -> list[StoredMessage]:
@@ -247,8 +253,18 @@ class History:
         )
         return [
             StoredMessage(
-                id=row[0], chat_id=row[1], role=row[2], content=row[3], judge=row[4], think=row[5], mode=row[6],
-                decided_by=row[7], p_on=row[8], stats=json.loads(row[9] or "{}"), partial=bool(row[10]), created_at=row[11],
+                id=row[0],
+                chat_id=row[1],
+                role=row[2],
+                content=row[3],
+                judge=row[4],
+                think=row[5],
+                mode=row[6],
+                decided_by=row[7],
+                p_on=row[8],
+                stats=json.loads(row[9] or "{}"),
+                partial=bool(row[10]),
+                created_at=row[11],
             )
             for row in rows
         ]

@@ -101,8 +101,7 @@ PLAIN = Profile(
     close_judge="",
     stop_after_answer=False,
     think_instruction=(
-        "First reason step by step inside <think> and </think>, then write the final answer "
-        "after </think>."
+        "First reason step by step inside <think> and </think>, then write the final answer after </think>."
     ),
 )
 

@@ -28,7 +28,7 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(model_path: Path) -> Iterator["LocalEngine"]:  # noqa: F821
+def engine(model_path: Path) -> Iterator[LocalEngine]:  # noqa: F821
     from katpilot.engine.local import LocalEngine
 
     eng = LocalEngine(model_path, n_ctx=2048, n_threads=2)

@@ -32,16 +32,16 @@ def total_area(shapes: list) -> float:
     """Sum of the areas."""
     return sum(s.area() for s in shapes)
 ''',
-    "py/app.py": '''\
+    "py/app.py": """\
 from shapes import Circle, total_area
 
 
 def report() -> str:
     shapes = [Circle(1.0), Circle(2.0)]
     return f"{total_area(shapes):.2f}"
-''',
+""",
     # javascript --------------------------------------------------------------------------------
-    "js/cart.js": '''\
+    "js/cart.js": """\
 // A shopping cart.
 class Cart {
   constructor() { this.items = []; }
@@ -57,8 +57,8 @@ function cartTotal(cart) {
 
 const formatPrice = (cents) => `$${(cents / 100).toFixed(2)}`;
 module.exports = { Cart, cartTotal, formatPrice };
-''',
-    "js/checkout.js": '''\
+""",
+    "js/checkout.js": """\
 const { Cart, cartTotal, formatPrice } = require("./cart");
 
 function checkout() {
@@ -66,9 +66,9 @@ function checkout() {
   cart.addItem({ price: 250 });
   return formatPrice(cartTotal(cart));
 }
-''',
+""",
     # typescript --------------------------------------------------------------------------------
-    "ts/store.ts": '''\
+    "ts/store.ts": """\
 /** Something with an id. */
 export interface Entity {
   id: string;
@@ -85,8 +85,8 @@ export class UserStore<T extends Entity> {
 }
 
 export enum Role { Admin, Member }
-''',
-    "ts/main.ts": '''\
+""",
+    "ts/main.ts": """\
 import { UserStore, Entity, Role } from "./store";
 
 export function registerUser(name: string): Role {
@@ -94,9 +94,9 @@ export function registerUser(name: string): Role {
   store.saveUser({ id: name });
   return Role.Member;
 }
-''',
+""",
     # go ----------------------------------------------------------------------------------------
-    "go/server.go": '''\
+    "go/server.go": """\
 package server
 
 // Server answers requests.
@@ -117,17 +117,17 @@ func (s *Server) Start() error {
 func NewServer(port int) *Server {
 	return &Server{Port: port}
 }
-''',
-    "go/main.go": '''\
+""",
+    "go/main.go": """\
 package server
 
 func RunServer() error {
 	srv := NewServer(8080)
 	return srv.Start()
 }
-''',
+""",
     # rust --------------------------------------------------------------------------------------
-    "rs/stack.rs": '''\
+    "rs/stack.rs": """\
 /// A last-in first-out stack.
 #[derive(Debug, Default)]
 pub struct Stack<T> {
@@ -146,8 +146,8 @@ pub trait Describe {
 }
 
 pub enum Shape { Square, Round }
-''',
-    "rs/main.rs": '''\
+""",
+    "rs/main.rs": """\
 mod stack;
 use stack::Stack;
 
@@ -156,9 +156,9 @@ fn build_stack() -> Stack<i32> {
     s.push_item(1);
     s
 }
-''',
+""",
     # java --------------------------------------------------------------------------------------
-    "java/Account.java": '''\
+    "java/Account.java": """\
 /** A bank account. */
 public class Account {
     private long balance;
@@ -176,8 +176,8 @@ public class Account {
 interface Auditable {
     String auditTrail();
 }
-''',
-    "java/Bank.java": '''\
+""",
+    "java/Bank.java": """\
 public class Bank {
     public Account openAccount() {
         Account account = new Account(0);
@@ -185,9 +185,9 @@ public class Bank {
         return account;
     }
 }
-''',
+""",
     # c -----------------------------------------------------------------------------------------
-    "c/vec.h": '''\
+    "c/vec.h": """\
 #ifndef VEC_H
 #define VEC_H
 
@@ -204,8 +204,8 @@ int vec_push(struct vec *v, int x);
 #define VEC_EMPTY(v) ((v)->len == 0)
 
 #endif
-''',
-    "c/vec.c": '''\
+""",
+    "c/vec.c": """\
 #include "vec.h"
 
 /* Appends x; returns the new length. */
@@ -221,9 +221,9 @@ static int vec_sum(const vec_t *v)
     for (int i = 0; i < v->len; i++) s += v->data[i];
     return s;
 }
-''',
+""",
     # c++ ---------------------------------------------------------------------------------------
-    "cpp/matrix.hpp": '''\
+    "cpp/matrix.hpp": """\
 #pragma once
 namespace linalg {
 
@@ -237,8 +237,8 @@ private:
 };
 
 }  // namespace linalg
-''',
-    "cpp/matrix.cpp": '''\
+""",
+    "cpp/matrix.cpp": """\
 #include "matrix.hpp"
 
 namespace linalg {
@@ -260,7 +260,7 @@ double use_matrix() {
     linalg::Matrix m(2, 2);
     return m.trace();
 }
-''',
+""",
 }
 
 # Files carrying planted secrets, in several languages and places.
@@ -275,15 +275,15 @@ def client_settings() -> dict:
     """Settings for the client."""
     return {{"timeout": 30}}
 ''',
-    "deploy.go": f'''\
+    "deploy.go": f"""\
 package deploy
 
 // aws access key: {PLANTED_AWS}
 func Deploy() string {{
 	return "ok"
 }}
-''',
-    "keys.rs": '''\
+""",
+    "keys.rs": """\
 pub fn embedded_key() -> &'static str {
     "-----BEGIN RSA PRIVATE KEY-----
 MIIEowIBAAKCAQEAplantedPRIVATEkeyMATERIAL
@@ -291,7 +291,7 @@ MIIEowIBAAKCAQEAplantedPRIVATEkeyMATERIAL
 }
 
 pub fn harmless() -> u32 { 1 }
-''',
+""",
     ".env": f"OPENAI_API_KEY={PLANTED_KEY}\n",
     "id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\nPLANTEDopensshMATERIAL\n-----END OPENSSH PRIVATE KEY-----\n",
     "uses.py": "from config import client_settings\n\n\ndef main():\n    return client_settings()\n",

@@ -50,6 +50,7 @@ def test_ask_streams_an_answer_and_saves_it(tmp_path: Path) -> None:
             await pilot.pause(0.2)
             assert message.answer.source.strip() == response.answer.strip()
             assert "THINK OFF · you" in str(message.badge.render())
+
     asyncio.run(run())
     with History(tmp_path / "history.sqlite") as h:
         (chat,) = h.chats()
@@ -71,6 +72,7 @@ def test_think_mode_toggle_and_thinking_panel(tmp_path: Path) -> None:
             assert not message.panel.collapsed
             await pilot.press("ctrl+t", "ctrl+t")
             assert app.controls.think == "auto"
+
     asyncio.run(run())
 
 
@@ -90,6 +92,7 @@ def test_a_plain_model_decides_nothing_and_saves_nothing(tmp_path: Path) -> None
             await _wait(pilot, lambda: len(app.responses) == 2)
             assert app.responses[1].mode == "on" and app.responses[1].stats.think_tokens > 0
             assert app.saved_tokens == 0 and "AutoThink saved ~0 tokens" in str(app.query_one("#status").render())
+
     asyncio.run(run())
     with History(tmp_path / "history.sqlite") as h:
         (chat,) = h.chats()
@@ -107,6 +110,7 @@ def test_escape_stops_and_keeps_the_partial_answer(tmp_path: Path) -> None:
             response = app.responses[-1]
             assert response.stats.finish_reason == "cancelled"
             assert response.stats.completion_tokens < 400
+
     asyncio.run(run())
     with History(tmp_path / "history.sqlite") as h:
         (chat,) = h.chats()
@@ -119,7 +123,15 @@ def test_resume_a_chat_from_the_history(tmp_path: Path) -> None:
         h.add_message(chat, "user", "What is 2+2?")
         h.add_message(chat, "assistant", "It is 4.", mode="off", decided_by="model", p_on=0.1)
         h.add_message(chat, "user", "Why is the sky blue?")
-        h.add_message(chat, "assistant", "Rayleigh scattering.", mode="on", decided_by="model", p_on=0.9, stats={"think_tokens": 120})
+        h.add_message(
+            chat,
+            "assistant",
+            "Rayleigh scattering.",
+            mode="on",
+            decided_by="model",
+            p_on=0.9,
+            stats={"think_tokens": 120},
+        )
         h.add_message(chat, "user", "Hello")
         h.add_message(chat, "assistant", "Hi.", mode="off", decided_by="none")  # a plain model: nothing saved
 
@@ -132,10 +144,16 @@ def test_resume_a_chat_from_the_history(tmp_path: Path) -> None:
             assert first.answer.source == "It is 4."
             assert "THINK OFF · no decision" in str(third.badge.render())
             assert [m.content for m in app.session.history] == [
-                "What is 2+2?", "It is 4.", "Why is the sky blue?", "Rayleigh scattering.", "Hello", "Hi.",
+                "What is 2+2?",
+                "It is 4.",
+                "Why is the sky blue?",
+                "Rayleigh scattering.",
+                "Hello",
+                "Hi.",
             ]
             # The resumed answers count too: one think-off answer saved a mean think of 120 tokens.
             assert app.saved_tokens == 120 and "AutoThink saved ~120 tokens" in str(app.query_one("#status").render())
+
     asyncio.run(run())
 
 
@@ -145,7 +163,14 @@ def test_slash_commands(tmp_path: Path) -> None:
     async def run() -> None:
         app = _app(tmp_path)
         async with app.run_test() as pilot:
-            for command in ("/think off", "/budget 64", "/threshold 0.3", "/add tool.py", "/add ../elsewhere.py", "/nope"):
+            for command in (
+                "/think off",
+                "/budget 64",
+                "/threshold 0.3",
+                "/add tool.py",
+                "/add ../elsewhere.py",
+                "/nope",
+            ):
                 app.run_command(command)
             await pilot.pause(0.1)
             assert (app.controls.think, app.controls.budget, app.controls.threshold) == ("off", 64, 0.3)
@@ -153,6 +178,7 @@ def test_slash_commands(tmp_path: Path) -> None:
             notices = [str(n.render()) for n in app.query(NoticeLine)]
             assert any("outside the workspace" in n for n in notices)
             assert any("unknown command /nope" in n for n in notices)
+
     asyncio.run(run())
 
 
@@ -169,6 +195,7 @@ def test_keys_typed_ahead_stay_in_order(tmp_path: Path) -> None:
                 app.post_message(events.Key(name, character))  # as the terminal driver does: all queued at once
             await _wait(pilot, lambda: app.controls.budget == 7, timeout=10)
             assert not any("must be" in str(n.render()) for n in app.query(NoticeLine))
+
     asyncio.run(run())
 
 
@@ -189,5 +216,6 @@ def test_errors_show_inline(tmp_path: Path) -> None:
             app.run_command("/budget 0")  # the config file's rule, as for --budget and KATPILOT_BUDGET
             await pilot.pause(0.1)
             assert "budget = 0 is out of range (must be >= 1)" in str(app.query(NoticeLine).last().render())
+
     asyncio.run(run())
     assert list(tmp_path.glob("history.sqlite.unreadable-*"))

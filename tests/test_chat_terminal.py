@@ -27,14 +27,26 @@ def _history_with_two_answers(path: Path) -> int:
         chat = h.new_chat("smollm2-135m")
         h.add_message(chat, "user", "Is this function thread-safe?")
         h.add_message(
-            chat, "assistant", "No: `counter += 1` is a read-modify-write, so two threads can lose an update.\n\n"
+            chat,
+            "assistant",
+            "No: `counter += 1` is a read-modify-write, so two threads can lose an update.\n\n"
             "```python\nwith lock:\n    counter += 1\n```",
-            judge="Concurrency questions need a careful look.", think="The increment is not atomic in CPython bytecode...",
-            mode="on", decided_by="model", p_on=0.82,
+            judge="Concurrency questions need a careful look.",
+            think="The increment is not atomic in CPython bytecode...",
+            mode="on",
+            decided_by="model",
+            p_on=0.82,
         )
         h.add_message(chat, "user", "What does len() return?")
-        h.add_message(chat, "assistant", "The number of items in a container.", judge="A simple fact.",
-                      mode="off", decided_by="model", p_on=0.07)
+        h.add_message(
+            chat,
+            "assistant",
+            "The number of items in a container.",
+            judge="A simple fact.",
+            mode="off",
+            decided_by="model",
+            p_on=0.07,
+        )
         return chat
 
 
@@ -66,7 +78,9 @@ class Tmux:
     def __init__(self, command: str, env: dict[str, str]) -> None:
         self.name = f"katpilot-test-{uuid.uuid4().hex[:8]}"
         exports = " ".join(f"{k}={v}" for k, v in env.items())
-        self._tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", f"env {exports} {command}", check=True)
+        self._tmux(
+            "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", f"env {exports} {command}", check=True
+        )
 
     def _tmux(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, check=check)
@@ -87,13 +101,20 @@ class Tmux:
 def _wait_for(condition, timeout: float = 90.0, what: str = "", screen=None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f"; the screen:\n{screen()}" if screen else "")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"; the screen:\n{screen()}" if screen else ""
+        )
         time.sleep(0.2)
 
 
 @pytest.fixture()
 def terminal(tmp_path: Path):
-    env = {"KATPILOT_HOME": str(tmp_path), "KATPILOT_MAX_TOKENS": "48", "KATPILOT_TEMPERATURE": "0", "TERM": "xterm-256color"}
+    env = {
+        "KATPILOT_HOME": str(tmp_path),
+        "KATPILOT_MAX_TOKENS": "48",
+        "KATPILOT_TEMPERATURE": "0",
+        "TERM": "xterm-256color",
+    }
     session = Tmux(f"{sys.executable} -m katpilot chat --think off --workspace {tmp_path}", env)
     yield session, tmp_path / "data" / "history.sqlite"
     session.close()

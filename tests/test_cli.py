@@ -45,7 +45,19 @@ def test_ask_json_think_off() -> None:
 
 
 def test_ask_streams_answer_to_stdout_and_thinking_to_stderr() -> None:
-    result = run("ask", "--think", "on", "--show-thinking", "--temperature", "0", "--max-tokens", "30", "--budget", "10", "Why is the sky blue?")
+    result = run(
+        "ask",
+        "--think",
+        "on",
+        "--show-thinking",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        "--budget",
+        "10",
+        "Why is the sky blue?",
+    )
     assert result.returncode == 0, result.stderr
     assert "[think]" in result.stderr and "think on (user)" in result.stderr
     assert "[think]" not in result.stdout and "<think>" not in result.stdout
@@ -78,7 +90,18 @@ def test_chat_resume_is_checked_before_the_chat_starts(resume: str, needle: str)
 
 def test_stdin_is_added_as_context() -> None:
     bare = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain").stdout)
-    piped = json.loads(run("ask", "--json", "--think", "off", "--max-tokens", "5", "explain", stdin="def add(a, b):\n    return a + b\n").stdout)
+    piped = json.loads(
+        run(
+            "ask",
+            "--json",
+            "--think",
+            "off",
+            "--max-tokens",
+            "5",
+            "explain",
+            stdin="def add(a, b):\n    return a + b\n",
+        ).stdout
+    )
     assert piped["stats"]["prompt_tokens"] > bare["stats"]["prompt_tokens"] + 10
 
 
@@ -178,6 +201,8 @@ def test_serving_path_loads_no_training_stack(model_path: Path) -> None:
         "import lsp.server, katpilot.server.app, katpilot.chat.app  # the other front ends\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

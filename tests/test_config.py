@@ -23,9 +23,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "config.toml") -> Path:
     return path
 
 
-def load(
-    path: Path, environ: dict[str, str] | None = None, flags: dict | None = None
-) -> ResolvedConfig:
+def load(path: Path, environ: dict[str, str] | None = None, flags: dict | None = None) -> ResolvedConfig:
     return load_settings(flags, config_path=path, environ=environ or {})
 
 
@@ -50,7 +48,12 @@ def test_defaults_when_file_missing(tmp_path: Path) -> None:
     s = resolved.settings
     assert (s.model, s.profile, s.think, s.budget, s.threshold) == (None, "auto", "auto", None, 0.5)
     assert (s.temperature, s.top_p, s.top_k, s.min_p, s.repeat_penalty, s.seed) == (
-        0.7, 0.95, 40, 0.05, 1.1, None,
+        0.7,
+        0.95,
+        40,
+        0.05,
+        1.1,
+        None,
     )
     assert (s.max_tokens, s.n_ctx, s.n_threads, s.models) == (1024, 4096, None, {})
     assert s.system_prompt.startswith("You are katpilot")
@@ -95,9 +98,7 @@ def test_env_parsing_and_unrelated_katpilot_vars_ignored(tmp_path: Path) -> None
 
 
 def test_models_table_and_model_alias(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, 'model = "fast"\n\n[models]\nfast = "/m/fast.gguf"\n"big one" = "~/m/big.gguf"\n'
-    )
+    path = write(tmp_path, 'model = "fast"\n\n[models]\nfast = "/m/fast.gguf"\n"big one" = "~/m/big.gguf"\n')
     resolved = load(path, {"KATPILOT_MODEL": "big one"})
     assert resolved.settings.models == {"fast": "/m/fast.gguf", "big one": "~/m/big.gguf"}
     assert resolved.sources["models"] == f"config file {path}"
@@ -232,9 +233,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
         ("KATPILOT_THINK", "sometimes", "'auto', 'on', 'off'"),
     ],
 )
-def test_bad_env_value_names_the_variable(
-    tmp_path: Path, var: str, value: str, expected: str
-) -> None:
+def test_bad_env_value_names_the_variable(tmp_path: Path, var: str, value: str, expected: str) -> None:
     line = error(tmp_path / "absent.toml", {var: value})
     assert var in line and expected in line and f"unset {var}" in line
 

@@ -20,9 +20,7 @@ def decisions(events: list[gate.Event]) -> list[Decision]:
 
 
 def test_kat_think_on_response() -> None:
-    events = parse(
-        "<judge>\nneeds care\n</judge>\n<think_on>\n<think>\nstep 1\n</think>\n<answer>\n42\n</answer>"
-    )
+    events = parse("<judge>\nneeds care\n</judge>\n<think_on>\n<think>\nstep 1\n</think>\n<answer>\n42\n</answer>")
     assert texts(events, Segment.JUDGE) == "\nneeds care\n"
     assert texts(events, Segment.THINK) == "\nstep 1\n"
     assert texts(events, Segment.ANSWER) == "\n42\n"
@@ -106,7 +104,7 @@ def chunked_parse(text: str, cuts: list[int], tags: frozenset[str] = gate.KAT_TA
     g = ModeGate(tags)
     events: list[gate.Event] = []
     start = 0
-    for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
+    for cut in [*sorted({c % (len(text) + 1) for c in cuts}), len(text)]:
         events += g.feed(text[start:cut])
         start = cut
     return events + g.close()
@@ -148,8 +146,34 @@ def test_character_by_character_equals_whole(parts: list[str]) -> None:
 
 # -- scripted token streams, as real models emit them, after the session's prefill ----------------
 
-KAT_TOKENS = ["<", "judge", ">\n", "Multi", "-step", " proof", ".\n", "</", "judge", ">\n", "<think", "_on", ">\n",
-              "<think>", "\n", "Step", " 1", ".\n", "</think>", "\n", "<answer>", "\n", "Q", "ED", "\n", "</answer>"]
+KAT_TOKENS = [
+    "<",
+    "judge",
+    ">\n",
+    "Multi",
+    "-step",
+    " proof",
+    ".\n",
+    "</",
+    "judge",
+    ">\n",
+    "<think",
+    "_on",
+    ">\n",
+    "<think>",
+    "\n",
+    "Step",
+    " 1",
+    ".\n",
+    "</think>",
+    "\n",
+    "<answer>",
+    "\n",
+    "Q",
+    "ED",
+    "\n",
+    "</answer>",
+]
 QWEN_TOKENS = ["<think>", "\n", "Let", " me", " see", ".\n", "</think>", "\n\n", "It", " is", " 4", "."]
 
 

@@ -95,10 +95,24 @@ def test_model_info_of_the_embedded_model(model_path: Path) -> None:
     s = read_gguf(model_path)
     info = s.model_info("plain")
     assert list(info) == [
-        "path", "name", "architecture", "parameters", "quantization", "file_size", "context_length", "profile",
-        "autothink_tags", "mtp_heads", "chat_template",
+        "path",
+        "name",
+        "architecture",
+        "parameters",
+        "quantization",
+        "file_size",
+        "context_length",
+        "profile",
+        "autothink_tags",
+        "mtp_heads",
+        "chat_template",
     ]
-    assert (info["architecture"], info["quantization"], info["profile"], info["autothink_tags"]) == ("llama", "Q4_1", "plain", [])
+    assert (info["architecture"], info["quantization"], info["profile"], info["autothink_tags"]) == (
+        "llama",
+        "Q4_1",
+        "plain",
+        [],
+    )
     assert info["parameters"] == s.parameter_count and info["chat_template"] == s.chat_template
     text = format_model_info(info).splitlines()
     assert "parameters       134.5M" in text and "autothink_tags   none" in text
@@ -341,7 +355,11 @@ def test_tiny_model_tags_in_vocab(tmp_path: Path) -> None:
 
 
 def test_fim_tokens_from_the_tokenizer_ids_or_a_known_triple(tmp_path: Path) -> None:
-    ids = {"tokenizer.ggml.fim_pre_token_id": 4, "tokenizer.ggml.fim_suf_token_id": 5, "tokenizer.ggml.fim_mid_token_id": 0}
+    ids = {
+        "tokenizer.ggml.fim_pre_token_id": 4,
+        "tokenizer.ggml.fim_suf_token_id": 5,
+        "tokenizer.ggml.fim_mid_token_id": 0,
+    }
     assert read_gguf(write_tiny(tmp_path / "ids.gguf", extra=ids)).fim_tokens == ("hello", "world", "<s>")
     qwen = [*TINY_TOKENS, "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
     s = read_gguf(write_tiny(tmp_path / "qwen.gguf", tokens=qwen))

@@ -28,7 +28,18 @@ def test_a_blank_database_migrates_to_the_final_schema(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = [row[1] for row in db.execute("PRAGMA table_info(messages)")]
     assert columns == [
-        "id", "chat_id", "role", "content", "judge", "think", "mode", "decided_by", "p_on", "stats", "partial", "created_at",
+        "id",
+        "chat_id",
+        "role",
+        "content",
+        "judge",
+        "think",
+        "mode",
+        "decided_by",
+        "p_on",
+        "stats",
+        "partial",
+        "created_at",
     ]
     History(path).close()  # reopening applies nothing twice
 
@@ -37,7 +48,16 @@ def test_messages_round_trip(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as h:
         chat = h.new_chat("smollm2-135m")
         h.add_message(chat, "user", "What is  2+2?\nquick")
-        h.add_message(chat, "assistant", "4", judge="simple", mode="off", decided_by="model", p_on=0.12, stats={"answer_tokens": 1})
+        h.add_message(
+            chat,
+            "assistant",
+            "4",
+            judge="simple",
+            mode="off",
+            decided_by="model",
+            p_on=0.12,
+            stats={"answer_tokens": 1},
+        )
         h.add_message(chat, "user", "and 3+3?")
         h.add_message(chat, "assistant", "6 be", think="adding", mode="on", decided_by="user", partial=True)
         other = h.new_chat("other-model")
@@ -141,7 +161,9 @@ def test_history_command_lists_chats(tmp_path: Path) -> None:
     with History(tmp_path / "data" / "history.sqlite") as h:
         chat = h.new_chat("smollm2-135m")
         h.add_message(chat, "user", "How do I reverse a list?")
-    shown = subprocess.run([sys.executable, "-m", "katpilot", "history"], capture_output=True, text=True, env=env, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "katpilot", "history"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert shown.returncode == 0, shown.stderr
     assert "How do I reverse a list?" in shown.stdout and "smollm2-135m" in shown.stdout
     as_json = subprocess.run(
@@ -149,7 +171,10 @@ def test_history_command_lists_chats(tmp_path: Path) -> None:
     )
     assert json.loads(as_json.stdout)[0]["messages"] == 1
     empty = subprocess.run(
-        [sys.executable, "-m", "katpilot", "history"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "katpilot", "history"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "KATPILOT_HOME": str(tmp_path / "fresh")},
     )
     assert empty.returncode == 0 and "no chats yet" in empty.stdout

@@ -15,13 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, PYTHON_NESTING, SECRET_REPO, write_repo
 
 from katpilot.errors import KatpilotError
 from katpilot.index import RepoIndex, RepoIndexError, build, parse
 from katpilot.index.lexical import count_words, unpack
 from katpilot.index.secrets import WITHHELD_MARKER, redact
 from katpilot.terms import estimate_tokens
-from index_fixtures import LANGUAGE_REPO, PLANTED_AWS, PLANTED_KEY, PYTHON_NESTING, SECRET_REPO, write_repo
 
 
 @pytest.fixture()
@@ -114,7 +114,11 @@ def test_c_definitions(lang_index: RepoIndex) -> None:
 
 def test_cpp_definitions(lang_index: RepoIndex) -> None:
     header = {(d.name, d.kind, d.parent, d.start[0] + 1) for d in lang_index.definitions(path="cpp/matrix.hpp")}
-    assert {("Matrix", "class", "linalg", 5), ("Matrix", "method", "Matrix", 7), ("trace", "method", "Matrix", 8)} <= header
+    assert {
+        ("Matrix", "class", "linalg", 5),
+        ("Matrix", "method", "Matrix", 7),
+        ("trace", "method", "Matrix", 8),
+    } <= header
     source = {(d.name, d.kind, d.parent) for d in lang_index.definitions(path="cpp/matrix.cpp")}
     assert ("trace", "method", "Matrix") in source
     assert ("clamp_value", "function", "linalg") in source
@@ -226,7 +230,9 @@ def test_repo_map_fits_budget_and_follows_focus(lang_index: RepoIndex) -> None:
     assert lang_index.repo_map(0) == ""
 
 
-def test_focus_values_resolve_to_files_and_names(lang_index: RepoIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_focus_values_resolve_to_files_and_names(
+    lang_index: RepoIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = lang_index.root
     monkeypatch.chdir(tmp_path)  # a relative path is tried from here first, then from the root
     files, names = lang_index.resolve_focus(["py/app.py", str(root / "py/shapes.py"), "total_area"])
@@ -357,7 +363,9 @@ def test_secret_line_patterns(line: str) -> None:
     assert redact(f"  {line}\n", "#") == (f"  # {WITHHELD_MARKER}\n", 1)
 
 
-@pytest.mark.parametrize("line", ["token = next_token()", 'name = "not a secret at all"', "password = input()", 'key = "short"'])
+@pytest.mark.parametrize(
+    "line", ["token = next_token()", 'name = "not a secret at all"', "password = input()", 'key = "short"']
+)
 def test_ordinary_lines_are_kept(line: str) -> None:
     assert redact(line + "\n") == (line + "\n", 0)
 
@@ -471,7 +479,9 @@ def test_a_cold_build_without_room_for_handovers_is_done_by_this_process(
         assert index.definitions() == serial
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="threads are counted in /proc (Linux); elsewhere workers are spawned")
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="threads are counted in /proc (Linux); elsewhere workers are spawned"
+)
 def test_workers_are_forked_only_from_a_single_thread() -> None:
     """fork copies only the calling thread: with a model's threads running it could copy a lock
     held forever, so a process with more than one thread spawns its workers. Importing the
@@ -566,7 +576,11 @@ def test_index_and_map_commands(tmp_path: Path) -> None:
     assert PLANTED_KEY not in shown.stdout + _katpilot("map", str(root), "--tokens", "5000").stdout
 
     unknown = _katpilot("map", str(root), "--focus", "no_such_thing")
-    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "neither a file nor a defined name" in unknown.stderr
+    assert (
+        unknown.returncode == 2
+        and unknown.stderr.count("\n") == 1
+        and "neither a file nor a defined name" in unknown.stderr
+    )
 
     missing = _katpilot("map", str(tmp_path / "nope"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not a directory" in missing.stderr

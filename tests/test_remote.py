@@ -82,8 +82,23 @@ def start_llama_server(model_path: Path, api_key: str | None = KEY) -> LlamaServ
     """`python -m llama_cpp.server` on a free loopback port; waits until /v1/models answers."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+    ]
     if api_key:
         cmd += ["--api_key", api_key]
     with log.open("wb") as out:
@@ -141,8 +156,13 @@ class Recording(Engine):
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
         return self.engine.continuation_logprobs(prompt, continuations)
 
-    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
-               stats: StreamStats | None = None) -> Generator[str, None, None]:
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        stats: StreamStats | None = None,
+    ) -> Generator[str, None, None]:
         pieces: list[str] = []
         self.streams.append((prompt, pieces))
         inner = self.engine.stream(prompt, params, cancel, stats)
@@ -163,13 +183,21 @@ def summary(engine: Engine, profile: str, question: str, controls: ThinkControls
     r = session(engine, profile).ask(question, controls)
     s = r.stats
     return {
-        "judge": r.judge, "think": r.think, "answer": r.answer, "mode": r.mode, "decided_by": r.decided_by,
-        "notices": r.notices, "tokens": (s.completion_tokens, s.judge_tokens, s.think_tokens, s.answer_tokens),
-        "p_on": r.p_on, "finish": s.finish_reason,
+        "judge": r.judge,
+        "think": r.think,
+        "answer": r.answer,
+        "mode": r.mode,
+        "decided_by": r.decided_by,
+        "notices": r.notices,
+        "tokens": (s.completion_tokens, s.judge_tokens, s.think_tokens, s.answer_tokens),
+        "p_on": r.p_on,
+        "finish": s.finish_reason,
     }
 
 
-def assert_agree(local: Recording, remote: Recording, local_summary: dict[str, object], remote_summary: dict[str, object]) -> None:
+def assert_agree(
+    local: Recording, remote: Recording, local_summary: dict[str, object], remote_summary: dict[str, object]
+) -> None:
     """The same response, or one that parts from the local one only at a near tie of the local engine."""
     lp, rp = local_summary.pop("p_on"), remote_summary.pop("p_on")
     assert (lp is None) == (rp is None)
@@ -177,17 +205,19 @@ def assert_agree(local: Recording, remote: Recording, local_summary: dict[str, o
         assert abs(lp - rp) < 1e-3  # type: ignore[operator]
     if remote_summary == local_summary:
         return
-    for (prompt, mine), (sent, theirs) in zip(local.streams, remote.streams):
+    for (prompt, mine), (sent, theirs) in zip(local.streams, remote.streams, strict=False):
         if (prompt, mine) == (sent, theirs):
             continue
         assert sent == prompt, "the server was sent another prompt than the local engine"
-        k = len(os.path.commonprefix([mine, theirs]))
+        k = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs)))
         eos = local.info.eos_token
         options = [mine[k] if k < len(mine) else eos, theirs[k] if k < len(theirs) else eos]
         scores = local.engine.continuation_logprobs(prompt + "".join(mine[:k]), options)
         assert scores is not None
         gap = abs(scores[0] - scores[1])
-        assert gap < NEAR_TIE_NATS, f"the engines part at token {k} ({options}) where the local engine is sure ({gap:.3f} nats)"
+        assert gap < NEAR_TIE_NATS, (
+            f"the engines part at token {k} ({options}) where the local engine is sure ({gap:.3f} nats)"
+        )
         return
     pytest.fail(f"the responses differ but every stream agreed: {local_summary} != {remote_summary}")
 
@@ -206,7 +236,9 @@ def test_parse_spec_forms() -> None:
         parse_spec("openai+http:///v1#m")
 
 
-def test_load_engine_picks_remote_from_env_and_alias(llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch, katpilot_home: Path) -> None:
+def test_load_engine_picks_remote_from_env_and_alias(
+    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch, katpilot_home: Path
+) -> None:
     monkeypatch.setenv("KATPILOT_MODEL", llama_server.spec)
     monkeypatch.setenv("KATPILOT_API_KEY", KEY)
     engine = load_engine(load_settings().settings)
@@ -247,10 +279,10 @@ def test_p_on_matches_local_engine_at_the_decision_point(engine: Engine, remote:
     local = engine.continuation_logprobs(prompt, continuations)
     far = remote.continuation_logprobs(prompt, continuations)
     assert local is not None and far is not None
-    assert max(abs(a - b) for a, b in zip(local, far)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(local, far, strict=True)) < 1e-3
     # Asked again (the server's cache now holds other text): the same values.
     again = remote.continuation_logprobs(prompt, continuations)
-    assert again is not None and max(abs(a - b) for a, b in zip(far, again)) < 1e-6
+    assert again is not None and max(abs(a - b) for a, b in zip(far, again, strict=True)) < 1e-6
 
 
 def test_count_tokens_matches_local_engine(engine: Engine, remote: RemoteEngine) -> None:
@@ -261,10 +293,38 @@ def test_count_tokens_matches_local_engine(engine: Engine, remote: RemoteEngine)
 
 def test_ask_cli_gives_the_remote_engines_answer(llama_server: LlamaServer) -> None:
     """`katpilot ask --model openai+http://...` answers what the remote engine answers in-process."""
-    flags = {"think": "off", "temperature": 0.0, "max_tokens": 30, "n_ctx": 2048, "model": llama_server.spec, "api_key": KEY}
-    args = [*KATPILOT, "ask", "--json", "--model", llama_server.spec, "--think", "off", "--temperature", "0",
-            "--max-tokens", "30", "--n-ctx", "2048", "What is 2+2?"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "KATPILOT_API_KEY": KEY}, stdin=subprocess.DEVNULL)
+    flags = {
+        "think": "off",
+        "temperature": 0.0,
+        "max_tokens": 30,
+        "n_ctx": 2048,
+        "model": llama_server.spec,
+        "api_key": KEY,
+    }
+    args = [
+        *KATPILOT,
+        "ask",
+        "--json",
+        "--model",
+        llama_server.spec,
+        "--think",
+        "off",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        "--n-ctx",
+        "2048",
+        "What is 2+2?",
+    ]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KATPILOT_API_KEY": KEY},
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     assert KEY not in result.stdout + result.stderr
     far = json.loads(result.stdout)
@@ -276,7 +336,9 @@ def test_ask_cli_gives_the_remote_engines_answer(llama_server: LlamaServer) -> N
 
 def test_models_lists_the_servers_models(llama_server: LlamaServer, model_path: Path) -> None:
     env = {**os.environ, "KATPILOT_MODEL": llama_server.spec, "KATPILOT_API_KEY": KEY}
-    result = subprocess.run([*KATPILOT, "models"], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*KATPILOT, "models"], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert first.startswith("*") and str(model_path) in first and "remote" in first
@@ -320,7 +382,9 @@ def test_connection_refused_is_one_line() -> None:
     with pytest.raises(EngineError, match="connection refused"):
         RemoteEngine(spec)
     assert time.monotonic() - started < 30
-    result = subprocess.run([*KATPILOT, "ask", "--model", spec, "hi"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*KATPILOT, "ask", "--model", spec, "hi"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert_one_line_error(result, "cannot reach the model server", "connection refused")
 
 
@@ -330,7 +394,14 @@ def test_wrong_key_is_one_line_and_never_printed(llama_server: LlamaServer) -> N
         RemoteEngine(llama_server.spec, api_key=wrong)
     assert wrong not in err.value.one_line()
     env = {**os.environ, "KATPILOT_API_KEY": wrong}
-    result = subprocess.run([*KATPILOT, "ask", "--model", llama_server.spec, "hi"], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*KATPILOT, "ask", "--model", llama_server.spec, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert_one_line_error(result, "refused the API key", "api_key")
     assert wrong not in result.stderr
 
@@ -341,7 +412,7 @@ def test_server_killed_mid_stream(model_path: Path, engine: Engine) -> None:
         far = RemoteEngine(server.spec, n_ctx=2048)
         prompt = session(engine, "plain").build_prompt("Write a long poem about the sea.", "off", 64)[0]
         got = []
-        with pytest.raises(EngineError, match="closed the stream mid-answer|failed mid-answer|cannot reach"):
+        with pytest.raises(EngineError, match=r"closed the stream mid-answer|failed mid-answer|cannot reach"):
             for piece in far.stream(prompt, SamplingParams(temperature=0, max_tokens=1000)):
                 got.append(piece)
                 if len(got) == 3:
@@ -367,8 +438,12 @@ def fake_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         httpd.server_close()
 
 
-PROPS = {"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
-         "bos_token": "", "eos_token": "<|im_end|>", "default_generation_settings": {"n_ctx": 1024}}
+PROPS = {
+    "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    "bos_token": "",
+    "eos_token": "<|im_end|>",
+    "default_generation_settings": {"n_ctx": 1024},
+}
 
 
 class _Base(BaseHTTPRequestHandler):
@@ -385,7 +460,7 @@ class _Base(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/props":
             self.send_json(200, PROPS)
         elif self.path == "/v1/models":
@@ -393,7 +468,7 @@ class _Base(BaseHTTPRequestHandler):
         else:
             self.send_json(404, {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path != "/v1/completions":
             self.send_json(404, {"error": "not found"})
@@ -409,7 +484,9 @@ class _Base(BaseHTTPRequestHandler):
         self.end_headers()
 
     def event(self, text: str, finish: str | None = None) -> None:
-        self.wfile.write(b"data: " + json.dumps({"choices": [{"text": text, "finish_reason": finish}]}).encode() + b"\n\n")
+        self.wfile.write(
+            b"data: " + json.dumps({"choices": [{"text": text, "finish_reason": finish}]}).encode() + b"\n\n"
+        )
         self.wfile.flush()
 
 
@@ -418,7 +495,7 @@ def test_not_openai_compatible_is_one_line() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = b"<html>hello</html>"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -428,7 +505,13 @@ def test_not_openai_compatible_is_one_line() -> None:
     with fake_server(Html) as spec:
         with pytest.raises(EngineError, match="does not look OpenAI-compatible"):
             RemoteEngine(spec.split("#")[0])  # no model named: GET /v1/models must answer
-        result = subprocess.run([*KATPILOT, "ask", "--model", spec, "hi"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [*KATPILOT, "ask", "--model", spec, "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert_one_line_error(result, "OpenAI-compatible")
 
 
@@ -479,9 +562,8 @@ def test_dropped_stream_from_fake_server() -> None:
             self.event("Hel")
             self.close_connection = True
 
-    with fake_server(Drop) as spec:
-        with pytest.raises(EngineError, match="closed the stream mid-answer"):
-            list(RemoteEngine(spec).stream("hi", SamplingParams(max_tokens=5)))
+    with fake_server(Drop) as spec, pytest.raises(EngineError, match="closed the stream mid-answer"):
+        list(RemoteEngine(spec).stream("hi", SamplingParams(max_tokens=5)))
 
 
 def test_session_through_remote_new_session(llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -503,30 +585,42 @@ def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServe
     """
     import threading
 
+    from lsp_helpers import CALC_PY, Client
     from lsprotocol import types
 
     from katpilot.config import load_settings
     from katpilot.index.repo import RepoIndex
     from lsp import generate
     from lsp.work import describe_definition
-    from lsp_helpers import CALC_PY, Client
 
     root = tmp_path / "ws"
     root.mkdir()
     (root / "calc.py").write_text(CALC_PY)
     home = tmp_path / "home"
     home.mkdir()
-    options = {"model": llama_server.spec, "n_ctx": 2048, "debounce_ms": 0, "completion_max_tokens": 24, "max_tokens": 32, "think": "off"}
+    options = {
+        "model": llama_server.spec,
+        "n_ctx": 2048,
+        "debounce_ms": 0,
+        "completion_max_tokens": 24,
+        "max_tokens": 32,
+        "think": "off",
+    }
     client = Client(root, home, init_options=options, env={"KATPILOT_API_KEY": KEY})
     text = "def square(x):\n    "
     try:
         calc = client.open(root / "calc.py", CALC_PY)
         inside_mean = types.Range(types.Position(6, 8), types.Position(6, 8))
         context = types.CodeActionContext(diagnostics=[])
-        assert client.request(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionParams(types.TextDocumentIdentifier(calc), inside_mean, context))
+        assert client.request(
+            types.TEXT_DOCUMENT_CODE_ACTION,
+            types.CodeActionParams(types.TextDocumentIdentifier(calc), inside_mean, context),
+        )
         uri = client.open(root / "scratch.py", text)
         result = client.inline(uri, 1, 4)
-        answer = client.request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": QUESTION}]))
+        answer = client.request(
+            types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams("katpilot.ask", [{"question": QUESTION}])
+        )
     finally:
         assert client.close() == 0, client.server_log()
     index = RepoIndex(root)

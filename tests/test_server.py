@@ -30,7 +30,9 @@ GREEDY = {"temperature": 0, "seed": 1}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("home"), "--queue", "8", "--max-tokens", "48", "--n-ctx", "2048") as srv:
+    with running_server(
+        tmp_path_factory.mktemp("home"), "--queue", "8", "--max-tokens", "48", "--n-ctx", "2048"
+    ) as srv:
         yield srv
 
 
@@ -60,19 +62,34 @@ def test_list_and_retrieve_models(client: openai.OpenAI) -> None:
 
 def test_openapi_document_lists_every_endpoint(server: Server) -> None:
     doc = httpx.get(server.base_url + "/openapi.json").json()
-    assert set(doc["paths"]) >= {"/health", "/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/completions"}
+    assert set(doc["paths"]) >= {
+        "/health",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/chat/completions",
+        "/v1/completions",
+    }
     chat = doc["paths"]["/v1/chat/completions"]["post"]
     assert "400" in chat["responses"] and "429" in chat["responses"] and "422" not in chat["responses"]
     assert "text/event-stream" in chat["responses"]["200"]["content"]
     request = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
-    assert {"think", "think_budget", "think_threshold", "reasoning_effort", "chat_template_kwargs", "thinking_token_budget"} <= set(request)
+    assert {
+        "think",
+        "think_budget",
+        "think_threshold",
+        "reasoning_effort",
+        "chat_template_kwargs",
+        "thinking_token_budget",
+    } <= set(request)
 
 
 # --- chat -----------------------------------------------------------------------------------------
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=16, extra_body={"think": "off"}, **GREEDY)
+    reply = client.chat.completions.create(
+        model="smollm2-135m", messages=QUESTION, max_tokens=16, extra_body={"think": "off"}, **GREEDY
+    )
     message = reply.choices[0].message
     assert message.role == "assistant" and message.content and no_tags(message.content)
     assert "4" in message.content
@@ -88,7 +105,9 @@ def test_chat_non_streaming(client: openai.OpenAI) -> None:
 
 def test_system_message_and_history_reach_the_model(client: openai.OpenAI) -> None:
     def prompt_tokens(messages: list[dict]) -> int:
-        return client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=2, **GREEDY).usage.prompt_tokens
+        return client.chat.completions.create(
+            model="smollm2-135m", messages=messages, max_tokens=2, **GREEDY
+        ).usage.prompt_tokens
 
     pirate = {"role": "system", "content": "Be a pirate."}
     history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada."}]
@@ -115,8 +134,12 @@ def test_chat_streaming_is_incremental_and_matches_non_streaming(client: openai.
 
 def test_think_on_streams_reasoning_separately(client: openai.OpenAI) -> None:
     chunks = stream_chat(
-        client, messages=QUESTION, max_tokens=20, stream_options={"include_usage": True},
-        extra_body={"think": "on", "think_budget": 6}, **GREEDY,
+        client,
+        messages=QUESTION,
+        max_tokens=20,
+        stream_options={"include_usage": True},
+        extra_body={"think": "on", "think_budget": 6},
+        **GREEDY,
     )
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = [d.reasoning_content for d in deltas if getattr(d, "reasoning_content", None)]
@@ -144,20 +167,48 @@ CONTROLS = [
     ({"reasoning_effort": "low"}, "off", "none", False, "reasoning_effort", 256),
     ({"reasoning_effort": "medium"}, "off", "none", False, "reasoning_effort", None),
     ({"reasoning_effort": "high", "think_budget": 4}, "on", "user", True, "reasoning_effort", 4),
-    ({"chat_template_kwargs": {"enable_thinking": True}, "thinking_token_budget": 3}, "on", "user", True, "chat_template_kwargs.enable_thinking", 3),
-    ({"chat_template_kwargs": {"enable_thinking": False}}, "off", "user", False, "chat_template_kwargs.enable_thinking", None),
+    (
+        {"chat_template_kwargs": {"enable_thinking": True}, "thinking_token_budget": 3},
+        "on",
+        "user",
+        True,
+        "chat_template_kwargs.enable_thinking",
+        3,
+    ),
+    (
+        {"chat_template_kwargs": {"enable_thinking": False}},
+        "off",
+        "user",
+        False,
+        "chat_template_kwargs.enable_thinking",
+        None,
+    ),
     ({"think": "off", "reasoning_effort": "high"}, "off", "user", False, "think", None),
-    ({"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "high"}, "off", "user", False, "chat_template_kwargs.enable_thinking", None),
+    (
+        {"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "high"},
+        "off",
+        "user",
+        False,
+        "chat_template_kwargs.enable_thinking",
+        None,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("fields", "mode", "decided_by", "thinks", "set_by", "budget"), CONTROLS)
-def test_think_controls(client: openai.OpenAI, fields: dict, mode: str, decided_by: str, thinks: bool, set_by: str, budget: int | None) -> None:
+def test_think_controls(
+    client: openai.OpenAI, fields: dict, mode: str, decided_by: str, thinks: bool, set_by: str, budget: int | None
+) -> None:
     effort = fields.get("reasoning_effort")
     extra = {k: v for k, v in fields.items() if k != "reasoning_effort"}
     kwargs = {"reasoning_effort": effort} if effort else {}
     reply = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, max_tokens=12, extra_body=extra, **kwargs, **GREEDY  # type: ignore[arg-type]
+        model="smollm2-135m",
+        messages=QUESTION,
+        max_tokens=12,
+        extra_body=extra,
+        **kwargs,
+        **GREEDY,  # type: ignore[arg-type]
     )
     info = reply.katpilot  # type: ignore[attr-defined]
     assert (info["mode"], info["decided_by"]) == (mode, decided_by)
@@ -194,10 +245,21 @@ def test_stop_sequence_cuts_the_answer(client: openai.OpenAI) -> None:
 
 
 def test_completions_endpoint(client: openai.OpenAI) -> None:
-    reply = client.completions.create(model="smollm2-135m", prompt="What is 2+2?", max_tokens=12, extra_body={"think": "off"}, **GREEDY)
+    reply = client.completions.create(
+        model="smollm2-135m", prompt="What is 2+2?", max_tokens=12, extra_body={"think": "off"}, **GREEDY
+    )
     assert "4" in reply.choices[0].text and no_tags(reply.choices[0].text)
     assert reply.katpilot["mode"] == "off"  # type: ignore[attr-defined]
-    chunks = list(client.completions.create(model="smollm2-135m", prompt="What is 2+2?", max_tokens=12, stream=True, extra_body={"think": "off"}, **GREEDY))
+    chunks = list(
+        client.completions.create(
+            model="smollm2-135m",
+            prompt="What is 2+2?",
+            max_tokens=12,
+            stream=True,
+            extra_body={"think": "off"},
+            **GREEDY,
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices).rstrip() == reply.choices[0].text
 
 
@@ -214,13 +276,19 @@ def test_completions_endpoint(client: openai.OpenAI) -> None:
         ({"extra_body": {"think_budget": 0}}, "think_budget"),
         ({"extra_body": {"think_threshold": 1.5}}, "think_threshold"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
-        ({"extra_body": {"chat_template_kwargs": {"enable_thinking": "perhaps"}}}, "chat_template_kwargs.enable_thinking"),
+        (
+            {"extra_body": {"chat_template_kwargs": {"enable_thinking": "perhaps"}}},
+            "chat_template_kwargs.enable_thinking",
+        ),
         ({"n": 2}, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "messages[0].content[0]"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+            "messages[0].content[0]",
+        ),
     ],
 )
 def test_bad_fields_are_400_naming_the_field(client: openai.OpenAI, kwargs: dict, param: str) -> None:
@@ -257,7 +325,9 @@ def test_bad_json_is_400(server: Server, content: bytes, headers: dict) -> None:
 
 def test_prompt_longer_than_the_context_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4)
+        client.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4
+        )
     assert caught.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
 
 
@@ -294,7 +364,7 @@ def raw_request(server: Server, body: dict) -> socket.socket:
     return sock
 
 
-def wait_for(server: Server, check, what: str) -> dict:  # noqa: ANN001
+def wait_for(server: Server, check, what: str) -> dict:
     """Poll /health until `check` holds (a safety limit, not a measurement)."""
     for _ in range(1000):
         health = httpx.get(server.base_url + "/health").json()
@@ -304,7 +374,11 @@ def wait_for(server: Server, check, what: str) -> dict:  # noqa: ANN001
     raise AssertionError(f"server never reached: {what}: {health}")
 
 
-LONG = {"messages": [{"role": "user", "content": "Count from 1 to 2000, separated by commas."}], "max_tokens": 2000, "temperature": 0}
+LONG = {
+    "messages": [{"role": "user", "content": "Count from 1 to 2000, separated by commas."}],
+    "max_tokens": 2000,
+    "temperature": 0,
+}
 
 
 def test_dropped_non_streaming_request_is_cancelled(server: Server) -> None:
@@ -345,7 +419,9 @@ def test_api_key_is_required_when_set(tmp_path: Path) -> None:
         missing = httpx.post(srv.v1 + "/chat/completions", json={"messages": QUESTION})
         assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
         good = openai.OpenAI(base_url=srv.v1, api_key="s3cret", max_retries=0)
-        assert good.chat.completions.create(model="smollm2-135m", messages=QUESTION).choices[0].message.content is not None
+        assert (
+            good.chat.completions.create(model="smollm2-135m", messages=QUESTION).choices[0].message.content is not None
+        )
         assert [m.id for m in good.models.list()] == ["smollm2-135m"]
         assert httpx.get(srv.base_url + "/health").status_code == 200  # monitoring needs no key
         doc = httpx.get(srv.base_url + "/openapi.json").json()
@@ -354,7 +430,11 @@ def test_api_key_is_required_when_set(tmp_path: Path) -> None:
 
 def run_serve(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "katpilot", "serve", *args], capture_output=True, text=True, timeout=60, env=server_env(home)
+        [sys.executable, "-m", "katpilot", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env(home),
     )
 
 
@@ -377,7 +457,10 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_serving_never_imports_torch() -> None:
     code = "import sys, katpilot.server.app, katpilot.server.serve; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_shutdown_ends_open_streams_cleanly(tmp_path: Path) -> None:

@@ -30,8 +30,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def fuzz(server: Server, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [
-        *(_schemathesis()), "run", server.base_url + "/openapi.json",
-        "--checks", "not_a_server_error", "--request-timeout", "60", *args,
+        *(_schemathesis()),
+        "run",
+        server.base_url + "/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--request-timeout",
+        "60",
+        *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, cwd=workdir, env=server_env(workdir), timeout=600)
 

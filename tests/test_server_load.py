@@ -67,7 +67,11 @@ def test_waiting_requests_are_served_in_turn(server: Server, tmp_path: Path) -> 
 
     def ask(_: int) -> str:
         start.wait()
-        return client.chat.completions.create(model="smollm2-135m", messages=MESSAGES, max_tokens=6).choices[0].finish_reason
+        return (
+            client.chat.completions.create(model="smollm2-135m", messages=MESSAGES, max_tokens=6)
+            .choices[0]
+            .finish_reason
+        )
 
     with ThreadPoolExecutor(QUEUE) as pool:
         assert all(reason in ("stop", "length") for reason in pool.map(ask, range(QUEUE)))

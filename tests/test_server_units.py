@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from katpilot.engine.base import SamplingParams
+from katpilot.errors import ConfigError
 from katpilot.server import sse
 from katpilot.server.api_errors import ApiError
 from katpilot.server.controls import LOW_EFFORT_BUDGET, resolve_controls
@@ -21,8 +23,6 @@ from katpilot.server.schemas import ChatCompletionRequest, StreamNote, ThinkFiel
 from katpilot.server.serve import ServeOptions, check_bind, is_loopback
 from katpilot.server.stop import StopMatcher
 from katpilot.server.transcript import Piece, merge_pieces
-from katpilot.engine.base import SamplingParams
-from katpilot.errors import ConfigError
 from katpilot.session import ThinkControls
 
 SERVER = ThinkControls(think="auto", budget=None, threshold=0.5)
@@ -72,11 +72,13 @@ def feed_all(matcher: StopMatcher, pieces: list[str]) -> str:
     return "".join(matcher.feed(p) for p in pieces) + matcher.flush()
 
 
-@given(st.text("ab\n", max_size=30), st.lists(st.text("ab\n", min_size=1, max_size=3), min_size=1, max_size=2), st.data())
+@given(
+    st.text("ab\n", max_size=30), st.lists(st.text("ab\n", min_size=1, max_size=3), min_size=1, max_size=2), st.data()
+)
 def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str], data: st.DataObject) -> None:
     """However the answer is split into pieces, it is cut before the first stop sequence to complete."""
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
-    pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+    pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     found = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
     expected = text[: min(found)[1]] if found else text
     matcher = StopMatcher(stops)
@@ -109,7 +111,11 @@ def test_messages_map_onto_a_session() -> None:
     )
     conv = chat_conversation(body)
     assert conv.system == "Be brief.\n\nUse Python."
-    assert [(m.role, m.content) for m in conv.history] == [("user", "Hi"), ("assistant", ""), ("system", "Mid-conversation note.")]
+    assert [(m.role, m.content) for m in conv.history] == [
+        ("user", "Hi"),
+        ("assistant", ""),
+        ("system", "Mid-conversation note."),
+    ]
     assert conv.user == "a\nb"
 
 
@@ -203,7 +209,18 @@ def test_queue_passes_errors_to_the_consumer() -> None:
 # --- binding --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("127.0.0.2", True), ("0.0.0.0", False), ("::", False), ("192.168.1.10", False)])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+    ],
+)
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) == loopback
 
@@ -219,7 +236,9 @@ def test_public_bind_needs_a_key_or_insecure() -> None:
 def test_serve_options_are_checked_together() -> None:
     with pytest.raises(ConfigError) as caught:
         ServeOptions(port=70000, queue=0, api_key=" ")
-    assert "--port" in caught.value.message and "--queue" in caught.value.message and "--api-key" in caught.value.message
+    assert (
+        "--port" in caught.value.message and "--queue" in caught.value.message and "--api-key" in caught.value.message
+    )
 
 
 # --- stream encoding ------------------------------------------------------------------------------

@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["Definition", "RefreshReport", "RepoIndex", "RepoIndexError", "Snippet", "WorkspaceText"]
 
 _HOMES = {
-    "Definition": "parse", "RefreshReport": "repo", "RepoIndex": "repo", "RepoIndexError": "repo", "Snippet": "repo",
+    "Definition": "parse",
+    "RefreshReport": "repo",
+    "RepoIndex": "repo",
+    "RepoIndexError": "repo",
+    "Snippet": "repo",
     "WorkspaceText": "repo",
 }
 

@@ -81,5 +81,12 @@ def index_file(root: Path, source: SourceFile) -> FileRecord:
     text = decoded.text.encode("utf-8")
     rows = definition_rows(source.language, text, parse_tree(source.language, text))
     return FileRecord(
-        source, decoded.sha1, decoded.status, decoded.withheld_lines, rows_to_json(rows), len(rows), ref_words, ref_counts
+        source,
+        decoded.sha1,
+        decoded.status,
+        decoded.withheld_lines,
+        rows_to_json(rows),
+        len(rows),
+        ref_words,
+        ref_counts,
     )

@@ -33,11 +33,16 @@ _JS_COMMON = """
 (variable_declarator name: (identifier) @name value: [(arrow_function) (function_expression)]) @function
 """
 
-_JAVASCRIPT = _JS_COMMON + """
+_JAVASCRIPT = (
+    _JS_COMMON
+    + """
 (class_declaration name: (identifier) @name) @class
 """
+)
 
-_TYPESCRIPT = _JS_COMMON + """
+_TYPESCRIPT = (
+    _JS_COMMON
+    + """
 (class_declaration name: (type_identifier) @name) @class
 (abstract_class_declaration name: (type_identifier) @name) @class
 (interface_declaration name: (type_identifier) @name) @interface
@@ -47,6 +52,7 @@ _TYPESCRIPT = _JS_COMMON + """
 (method_signature name: (property_identifier) @name) @method
 (abstract_method_signature name: (property_identifier) @name) @method
 """
+)
 
 _GO = """
 (function_declaration name: (identifier) @name) @function
@@ -89,11 +95,14 @@ _C_COMMON = """
 (preproc_function_def name: (identifier) @name) @macro
 """
 
-_CPP = _C_COMMON + """
+_CPP = (
+    _C_COMMON
+    + """
 (class_specifier name: (type_identifier) @name body: (_)) @class
 (namespace_definition name: (namespace_identifier) @name) @namespace
 (field_declaration declarator: (function_declarator) @name) @method
 """
+)
 
 
 @dataclass(frozen=True)
@@ -115,14 +124,20 @@ LANGUAGES: dict[str, LanguageSpec] = {
     for spec in (
         LanguageSpec("python", (".py", ".pyi"), "tree_sitter_python", "language", _PYTHON, line_comment="#"),
         LanguageSpec("javascript", (".js", ".mjs", ".cjs", ".jsx"), "tree_sitter_javascript", "language", _JAVASCRIPT),
-        LanguageSpec("typescript", (".ts", ".mts", ".cts"), "tree_sitter_typescript", "language_typescript", _TYPESCRIPT),
+        LanguageSpec(
+            "typescript", (".ts", ".mts", ".cts"), "tree_sitter_typescript", "language_typescript", _TYPESCRIPT
+        ),
         LanguageSpec("tsx", (".tsx",), "tree_sitter_typescript", "language_tsx", _TYPESCRIPT),
         LanguageSpec("go", (".go",), "tree_sitter_go", "language", _GO),
         LanguageSpec("rust", (".rs",), "tree_sitter_rust", "language", _RUST, ("line_comment", "block_comment")),
         LanguageSpec("java", (".java",), "tree_sitter_java", "language", _JAVA, ("line_comment", "block_comment")),
         LanguageSpec("c", (".c", ".h"), "tree_sitter_c", "language", _C_COMMON),
         LanguageSpec(
-            "cpp", (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp"), "tree_sitter_cpp", "language", _CPP
+            "cpp",
+            (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp"),
+            "tree_sitter_cpp",
+            "language",
+            _CPP,
         ),
     )
 }

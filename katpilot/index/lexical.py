@@ -41,4 +41,4 @@ def unpack(words: str, counts: bytes) -> dict[str, int]:
     """{word: count} from `count_words`' packed form: the words joined by spaces, and the counts."""
     numbers = array("I")
     numbers.frombytes(counts)
-    return dict(zip(words.split(), numbers))
+    return dict(zip(words.split(), numbers, strict=True))

@@ -133,8 +133,13 @@ def _queried_rows(language: str, source: bytes, root: ts.Node) -> list[Row]:
             continue
         rows.append(
             (
-                name, kind, parent, *node.start_point, *node.end_point,
-                _signature(node, source), _docstring(language, node, source),
+                name,
+                kind,
+                parent,
+                *node.start_point,
+                *node.end_point,
+                _signature(node, source),
+                _docstring(language, node, source),
             )
         )
     return rows
@@ -144,12 +149,24 @@ def _queried_rows(language: str, source: bytes, root: ts.Node) -> list[Row]:
 # tree without syntax errors a definition can only be a statement, so walking these (and skipping
 # expressions, most of a tree) finds them all.
 _PYTHON_ROLES = {
-    "function_definition": "function", "class_definition": "class",
+    "function_definition": "function",
+    "class_definition": "class",
     **dict.fromkeys(
         (
-            "block", "decorated_definition", "if_statement", "elif_clause", "else_clause", "for_statement",
-            "while_statement", "try_statement", "except_clause", "except_group_clause", "finally_clause",
-            "with_statement", "match_statement", "case_clause",
+            "block",
+            "decorated_definition",
+            "if_statement",
+            "elif_clause",
+            "else_clause",
+            "for_statement",
+            "while_statement",
+            "try_statement",
+            "except_clause",
+            "except_group_clause",
+            "finally_clause",
+            "with_statement",
+            "match_statement",
+            "case_clause",
         ),
         "",
     ),
@@ -184,8 +201,13 @@ def _python_rows(source: bytes, node: ts.Node, parent_kind: str, parent: str, ro
         head_end = body_start if body_start > start else child.end_byte
         rows.append(
             (
-                name, kind, parent, *child.start_point, *child.end_point,
-                _head(source, start, head_end), _python_docstring(body, source),
+                name,
+                kind,
+                parent,
+                *child.start_point,
+                *child.end_point,
+                _head(source, start, head_end),
+                _python_docstring(body, source),
             )
         )
         if _may_define(source, body):
@@ -254,7 +276,14 @@ def _name_text(node: ts.Node, source: bytes) -> str:
     return " ".join(text.split())
 
 
-_DECLARATOR_LEAVES = {"identifier", "field_identifier", "qualified_identifier", "destructor_name", "operator_name", "type_identifier"}
+_DECLARATOR_LEAVES = {
+    "identifier",
+    "field_identifier",
+    "qualified_identifier",
+    "destructor_name",
+    "operator_name",
+    "type_identifier",
+}
 
 
 def _declarator_name(node: ts.Node) -> ts.Node:

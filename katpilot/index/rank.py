@@ -109,13 +109,20 @@ def rank_definitions(
                     weight.append(w)
                     names.append(name)
 
-    file_rank = _pagerank(len(files), np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64),
-                          np.array(weight, dtype=np.float64), [ids[f] for f in focus_file_set if f in ids])
+    file_rank = _pagerank(
+        len(files),
+        np.array(src, dtype=np.int64),
+        np.array(dst, dtype=np.int64),
+        np.array(weight, dtype=np.float64),
+        [ids[f] for f in focus_file_set if f in ids],
+    )
 
     # Each file hands its rank to the definitions it uses, in proportion to the edge weights.
-    out_weight = np.bincount(np.array(src, dtype=np.int64), weights=np.array(weight), minlength=len(files)) if src else None
+    out_weight = (
+        np.bincount(np.array(src, dtype=np.int64), weights=np.array(weight), minlength=len(files)) if src else None
+    )
     score: dict[tuple[str, str], float] = defaultdict(float)
-    for from_id, to_id, w, name in zip(src, dst, weight, names):
+    for from_id, to_id, w, name in zip(src, dst, weight, names, strict=True):
         score[(files[to_id], name)] += file_rank[from_id] * w / out_weight[from_id]  # type: ignore[index]
     # Unused definitions still order by their file's rank, below every used one of that rank.
     ranked = [

@@ -185,7 +185,9 @@ class RepoIndex:
         candidate = Path(path).expanduser()
         full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
         if not full.is_relative_to(self.root):
-            raise RepoIndexError(f"{path} is outside the workspace {self.root}", "only files inside the workspace can be used")
+            raise RepoIndexError(
+                f"{path} is outside the workspace {self.root}", "only files inside the workspace can be used"
+            )
         return full.relative_to(self.root).as_posix()
 
     def resolve_focus(self, items: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -235,7 +237,9 @@ class RepoIndex:
         self._ensure_fresh()
         return {path: counts[name] for path, counts in self.store.reference_counts() if name in counts}
 
-    def enclosing_definition(self, path: str | Path, row: int, column: int = 0, text: str | None = None) -> Definition | None:
+    def enclosing_definition(
+        self, path: str | Path, row: int, column: int = 0, text: str | None = None
+    ) -> Definition | None:
         """The innermost definition containing a position; `text` is the editor's unsaved copy."""
         rel = self.relative(path)
         if text is None:
@@ -263,7 +267,8 @@ class RepoIndex:
         found: list[Definition] = []
         for name, _count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             found += [
-                d for d in self.definitions(name=name)
+                d
+                for d in self.definitions(name=name)
                 if not (d.path == rel and row - radius <= d.start[0] <= row + radius)
             ]
             if len(found) >= limit:
@@ -274,7 +279,10 @@ class RepoIndex:
         """The definitions most relevant to a question (BM25 over their words), with their source."""
         if self._search is None:
             self._search = DefinitionSearch(self.definitions())
-        return [Snippet(hit.definition, self._excerpt(hit.definition), hit.score) for hit in self._search.search(question, limit)]
+        return [
+            Snippet(hit.definition, self._excerpt(hit.definition), hit.score)
+            for hit in self._search.search(question, limit)
+        ]
 
     def repo_map(
         self,
@@ -306,7 +314,8 @@ class RepoIndex:
         size = full.stat().st_size
         if size > self.max_file_bytes:
             raise RepoIndexError(
-                f"{rel} is {size} bytes, over the {self.max_file_bytes}-byte limit", "attach a smaller file or a part of it"
+                f"{rel} is {size} bytes, over the {self.max_file_bytes}-byte limit",
+                "attach a smaller file or a part of it",
             )
         decoded = decode_source(full.read_bytes(), line_comment(rel))
         if decoded.status == "binary":

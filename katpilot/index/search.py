@@ -16,8 +16,46 @@ K1 = 1.5
 B = 0.75
 # Words so common in code and questions that they only add noise.
 STOP_WORDS = frozenset(
-    "a an and are as at be by do does for from how i in is it its of on or self the this to what when where which"
-    " who why with def function return none true false".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "self",
+        "the",
+        "this",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "def",
+        "function",
+        "return",
+        "none",
+        "true",
+        "false",
+    ]
 )
 _WORD = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
 

@@ -21,12 +21,45 @@ WITHHELD_MARKER = "katpilot: line withheld, possible secret"
 
 # Files whose whole content is a credential; matched on the file name, case-insensitively.
 SECRET_FILE_PATTERNS = (
-    ".env", ".env.*", "*.env",
-    "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx", "*.gpg", "*.asc",
-    "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_rsa.*", "id_dsa.*", "id_ecdsa.*", "id_ed25519.*",
-    ".netrc", "_netrc", ".pgpass", ".npmrc", ".pypirc", ".htpasswd", ".git-credentials", ".dockercfg",
-    "credentials", "credentials.json", "credentials.yml", "credentials.yaml", "*credentials*.json",
-    "service-account*.json", "secrets.json", "secrets.yml", "secrets.yaml", "secrets.toml", "*.tfvars",
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "*.gpg",
+    "*.asc",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "id_rsa.*",
+    "id_dsa.*",
+    "id_ecdsa.*",
+    "id_ed25519.*",
+    ".netrc",
+    "_netrc",
+    ".pgpass",
+    ".npmrc",
+    ".pypirc",
+    ".htpasswd",
+    ".git-credentials",
+    ".dockercfg",
+    "credentials",
+    "credentials.json",
+    "credentials.yml",
+    "credentials.yaml",
+    "*credentials*.json",
+    "service-account*.json",
+    "secrets.json",
+    "secrets.yml",
+    "secrets.yaml",
+    "secrets.toml",
+    "*.tfvars",
 )
 # All of them as one expression: the walk asks about every file, and one match is several times
 # faster than a match per pattern.
@@ -75,9 +108,7 @@ _SECRET_WORDS = ("key", "secret", "token", "bearer", "pass", "pwd")
 # most files do not. It starts with the literal's closing quote: a pattern that starts with a fixed
 # character is found by a fast scan (hence one pattern per quote), and a name would not be.
 _REVERSED_ASSIGNMENTS = [
-    re.compile(
-        quote + r"[^\"'\s]{8,}[\"']\s*(?:=:|>=|[:=])\s*[\"']?(?i:yek|terces|nekot|reraeb|drowssap|dwssap|dwp)"
-    )
+    re.compile(quote + r"[^\"'\s]{8,}[\"']\s*(?:=:|>=|[:=])\s*[\"']?(?i:yek|terces|nekot|reraeb|drowssap|dwssap|dwp)")
     for quote in "\"'"
 ]
 # How every name _SECRET_NAME_BEFORE accepts ends (lowercase).
@@ -154,7 +185,7 @@ def redact(text: str, comment: str = "", words: str | None = None) -> tuple[str,
         first = bisect.bisect_right(line_starts, start) - 1
         last = bisect.bisect_right(line_starts, max(start, end - 1)) - 1
         rows.update(range(first, last + 1))
-    bounds = line_starts + [len(text)]
+    bounds = [*line_starts, len(text)]
     lines = [text[bounds[i] : bounds[i + 1]] for i in range(len(line_starts))]
     for row in rows:
         line = lines[row]

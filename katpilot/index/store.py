@@ -139,7 +139,9 @@ class IndexStore:
 
     def reference_counts(self) -> Iterator[tuple[str, dict[str, int]]]:
         """(path, {name: count}) for every indexed file."""
-        for path, words, counts in self.db.execute("SELECT path, ref_words, ref_counts FROM files WHERE status = 'indexed'"):
+        for path, words, counts in self.db.execute(
+            "SELECT path, ref_words, ref_counts FROM files WHERE status = 'indexed'"
+        ):
             yield path, unpack(words, counts)
 
     # -- writing ----------------------------------------------------------------------------------
@@ -153,12 +155,25 @@ class IndexStore:
         """Store parsed files, new stat data of unchanged ones, and forget removed ones: one transaction."""
         with self.db:
             self.db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in removed])
-            self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in touched])
+            self.db.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in touched]
+            )
             self.db.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.source.path, r.source.language, r.source.size, r.source.mtime_ns, r.sha1, r.status,
-                     r.withheld_lines, r.definition_count, r.definitions, r.ref_words, r.ref_counts)
+                    (
+                        r.source.path,
+                        r.source.language,
+                        r.source.size,
+                        r.source.mtime_ns,
+                        r.sha1,
+                        r.status,
+                        r.withheld_lines,
+                        r.definition_count,
+                        r.definitions,
+                        r.ref_words,
+                        r.ref_counts,
+                    )
                     for r in records
                 ],
             )

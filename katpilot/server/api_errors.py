@@ -91,7 +91,9 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     param = problems[0][0]
     first = errors[0] if errors else {}
     if first.get("type") in ("json_invalid", "model_attributes_type", "missing") and param == "body":
-        return ApiError(400, message, "send a JSON object with Content-Type: application/json", param=None, code="invalid_json")
+        return ApiError(
+            400, message, "send a JSON object with Content-Type: application/json", param=None, code="invalid_json"
+        )
     return ApiError(400, message, SCHEMA_FIX, param=param, code="invalid_value")
 
 
@@ -137,7 +139,10 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         status = exc.status_code
         if status == 404:
-            message, fix = f"no route {request.method} {request.url.path}", "the endpoints are listed at GET /openapi.json"
+            message, fix = (
+                f"no route {request.method} {request.url.path}",
+                "the endpoints are listed at GET /openapi.json",
+            )
         elif status == 405:
             message, fix = f"{request.method} is not allowed on {request.url.path}", "see GET /openapi.json"
         elif status == 413:

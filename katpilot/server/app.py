@@ -29,7 +29,6 @@ from katpilot.errors import KatpilotError
 from katpilot.models import EMBEDDED_NAME, new_session, profile_for, sampling_params, think_controls
 from katpilot.server import api_errors, sse
 from katpilot.server.api_errors import ApiError
-from katpilot.server.guard import Guard, bearer
 from katpilot.server.controls import resolve_controls
 from katpilot.server.conversation import (
     Conversation,
@@ -40,6 +39,7 @@ from katpilot.server.conversation import (
     sampling_for,
     stop_sequences,
 )
+from katpilot.server.guard import Guard, bearer
 from katpilot.server.queue import Busy, GenerationQueue, Ticket
 from katpilot.server.responses import ChatShape, CompletionShape, Reply, Shape, StreamEncoder, katpilot_info, usage
 from katpilot.server.schemas import (
@@ -78,7 +78,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorBody, "description": "The engine failed."},
     503: {"model": ErrorBody, "description": "The server is shutting down."},
 }
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`."}}}
+_SSE = {
+    "text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`."}}
+}
 
 
 @dataclass
@@ -108,7 +110,11 @@ class ServerState:
     def session(self, conversation: Conversation, sampling: SamplingParams) -> ChatSession:
         """A fresh session holding the request's system message (else the configured one) and turns."""
         return new_session(
-            self.engine, self.settings, system_prompt=conversation.system, history=conversation.history, sampling=sampling
+            self.engine,
+            self.settings,
+            system_prompt=conversation.system,
+            history=conversation.history,
+            sampling=sampling,
         )
 
     def generate(
@@ -234,7 +240,9 @@ async def _respond(
     sampling = sampling_for(body, sampling_params(settings), state.engine.info.n_ctx, requested_max_tokens(body))
     stops = stop_sequences(body)
     controls, set_by = resolve_controls(body, think_controls(settings))
-    shown = Controls(think=controls.think, think_budget=controls.budget, think_threshold=controls.threshold, set_by=set_by)
+    shown = Controls(
+        think=controls.think, think_budget=controls.budget, think_threshold=controls.threshold, set_by=set_by
+    )
     session = state.session(conversation, sampling)
     ticket = _admit(state)  # after every check: a bad request never takes a slot
     cancel = threading.Event()
@@ -323,7 +331,9 @@ def _feed(job: _RequestJob, batch: list[SessionEvent]) -> list[Piece]:
     return merge_pieces(pieces)
 
 
-async def _stream(job: _RequestJob, shape: Shape, reply: Reply, first: list[SessionEvent], include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    job: _RequestJob, shape: Shape, reply: Reply, first: list[SessionEvent], include_usage: bool
+) -> AsyncIterator[bytes]:
     """The SSE body: the opening, one write per batch, then the summary, usage and [DONE]."""
     opening = shape.opening(reply)
     encoder = StreamEncoder(shape, reply)
@@ -334,7 +344,7 @@ async def _stream(job: _RequestJob, shape: Shape, reply: Reply, first: list[Sess
             pieces = _feed(job, batch)
             if pieces:
                 yield b"".join(encoder.encode(piece) for piece in pieces)
-    except Exception as exc:  # noqa: BLE001 - the status is sent already: the error travels as data
+    except Exception as exc:
         if not isinstance(exc, KatpilotError):
             log.exception("internal error while streaming")
         yield sse.error_event(api_errors.stream_error(exc)) + sse.DONE

@@ -16,7 +16,13 @@ from typing import Any
 from katpilot.chat_template import Message
 from katpilot.engine.base import SamplingParams
 from katpilot.server.api_errors import ApiError
-from katpilot.server.schemas import MAX_STOP_SEQUENCES, ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
+from katpilot.server.schemas import (
+    MAX_STOP_SEQUENCES,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+)
 
 SYSTEM_ROLES = ("system", "developer")
 # llama.cpp's "random seed" value is 2**32 - 1: request seeds are reduced below it.
@@ -43,7 +49,7 @@ def chat_conversation(body: ChatCompletionRequest) -> Conversation:
         raise ApiError(
             400,
             f"the last message must be the user's, not {last}",
-            "end messages with a {\"role\": \"user\"} message",
+            'end messages with a {"role": "user"} message',
             param=f"messages[{len(body.messages) - 1}].role",
             code="invalid_value",
         )
@@ -69,19 +75,30 @@ def completion_conversation(body: CompletionRequest) -> Conversation:
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise ApiError(
-                400, f"prompt is a list of {len(prompt)} prompts: one request serves one prompt",
-                "send one prompt per request", param="prompt", code="invalid_value",
+                400,
+                f"prompt is a list of {len(prompt)} prompts: one request serves one prompt",
+                "send one prompt per request",
+                param="prompt",
+                code="invalid_value",
             )
         prompt = prompt[0]
-    for name, bad in (("echo", bool(body.echo)), ("suffix", body.suffix is not None), ("logprobs", body.logprobs is not None)):
+    for name, bad in (
+        ("echo", bool(body.echo)),
+        ("suffix", body.suffix is not None),
+        ("logprobs", body.logprobs is not None),
+    ):
         if bad:
-            raise ApiError(400, f"{name} is not supported by katpilot", f"leave {name} out", param=name, code="unsupported")
+            raise ApiError(
+                400, f"{name} is not supported by katpilot", f"leave {name} out", param=name, code="unsupported"
+            )
     return Conversation(None, [], _clean(prompt))
 
 
 def check_chat_extras(body: ChatCompletionRequest) -> None:
     if body.logprobs:
-        raise ApiError(400, "logprobs are not supported by katpilot", "leave logprobs out", param="logprobs", code="unsupported")
+        raise ApiError(
+            400, "logprobs are not supported by katpilot", "leave logprobs out", param="logprobs", code="unsupported"
+        )
 
 
 def _text(message: ChatMessage, index: int) -> str:
@@ -140,12 +157,14 @@ def stop_sequences(body: SamplingFields) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     if len(stops) > MAX_STOP_SEQUENCES:
         raise ApiError(
-            400, f"stop has {len(stops)} sequences, at most {MAX_STOP_SEQUENCES} are allowed",
-            f"send at most {MAX_STOP_SEQUENCES}", param="stop", code="invalid_value",
+            400,
+            f"stop has {len(stops)} sequences, at most {MAX_STOP_SEQUENCES} are allowed",
+            f"send at most {MAX_STOP_SEQUENCES}",
+            param="stop",
+            code="invalid_value",
         )
     return [_clean(s) for s in stops if s]
 
 
 def requested_max_tokens(body: ChatCompletionRequest | CompletionRequest) -> int | None:
     return getattr(body, "max_completion_tokens", None) or body.max_tokens
-

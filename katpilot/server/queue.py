@@ -237,7 +237,7 @@ def _produce(work: Callable[[], Iterator[T]], mailbox: _Mailbox) -> None:
     try:
         for item in work():
             mailbox.put(item)
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which renders it
+    except BaseException as exc:
         mailbox.put(_Failure(exc))
     finally:
         mailbox.put(_DONE, final=True)

@@ -110,11 +110,20 @@ class ChatShape:
     prefix = "chatcmpl"
 
     def _chunk(
-        self, reply: Reply, choices: list[ChunkChoice], usage: Usage | None = None, katpilot: KatpilotInfo | StreamNote | None = None
+        self,
+        reply: Reply,
+        choices: list[ChunkChoice],
+        usage: Usage | None = None,
+        katpilot: KatpilotInfo | StreamNote | None = None,
     ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices,
-            usage=usage, katpilot=katpilot,
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            system_fingerprint=FINGERPRINT,
+            choices=choices,
+            usage=usage,
+            katpilot=katpilot,
         )
 
     def opening(self, reply: Reply) -> ChatCompletionChunk:
@@ -154,11 +163,20 @@ class CompletionShape:
     prefix = "cmpl"
 
     def _chunk(
-        self, reply: Reply, choices: list[TextChoice], usage: Usage | None = None, katpilot: KatpilotInfo | StreamNote | None = None
+        self,
+        reply: Reply,
+        choices: list[TextChoice],
+        usage: Usage | None = None,
+        katpilot: KatpilotInfo | StreamNote | None = None,
     ) -> Completion:
         return Completion(
-            id=reply.id, created=reply.created, model=reply.model, system_fingerprint=FINGERPRINT, choices=choices,
-            usage=usage, katpilot=katpilot,
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            system_fingerprint=FINGERPRINT,
+            choices=choices,
+            usage=usage,
+            katpilot=katpilot,
         )
 
     def opening(self, reply: Reply) -> None:

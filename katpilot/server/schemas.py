@@ -103,7 +103,9 @@ class SamplingFields(_Request):
 
 class ChatCompletionRequest(SamplingFields, ThinkFields):
     messages: list[ChatMessage] = Field(min_length=1, description="The last message must be the user's.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens; wins if both are set.")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="Newer name for max_tokens; wins if both are set."
+    )
     logprobs: bool | None = Field(None, description="Not supported: only false.")
 
 

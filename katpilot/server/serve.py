@@ -81,9 +81,13 @@ def check_bind(options: ServeOptions) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or one ConfigError saying why not."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except OSError as exc:
-        raise ConfigError(f"cannot resolve --host {host}: {exc.strerror or exc}", "pass an IP address or a known host name") from exc
+        raise ConfigError(
+            f"cannot resolve --host {host}: {exc.strerror or exc}", "pass an IP address or a known host name"
+        ) from exc
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -106,6 +106,18 @@ class Shape(Protocol):
     def document(self, reply: Reply, transcript: Transcript, info: KatpilotInfo, usage: Usage) -> BaseModel: ...
 
 
+def envelope(reply: Reply, usage: Usage | None, katpilot: KatpilotInfo | StreamNote | None) -> dict[str, Any]:
+    """The fields every chat and text completion object and chunk carries besides its choices."""
+    return {
+        "id": reply.id,
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": FINGERPRINT,
+        "usage": usage,
+        "katpilot": katpilot,
+    }
+
+
 class ChatShape:
     prefix = "chatcmpl"
 
@@ -116,15 +128,7 @@ class ChatShape:
         usage: Usage | None = None,
         katpilot: KatpilotInfo | StreamNote | None = None,
     ) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
-            system_fingerprint=FINGERPRINT,
-            choices=choices,
-            usage=usage,
-            katpilot=katpilot,
-        )
+        return ChatCompletionChunk(choices=choices, **envelope(reply, usage, katpilot))
 
     def opening(self, reply: Reply) -> ChatCompletionChunk:
         return self._chunk(reply, [ChunkChoice(delta=Delta(role="assistant", content=""))])
@@ -148,15 +152,8 @@ class ChatShape:
         response = transcript.response
         assert response is not None
         message = AssistantMessage(content=transcript.content, reasoning_content=response.think or None)
-        return ChatCompletion(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
-            system_fingerprint=FINGERPRINT,
-            choices=[ChatChoice(message=message, finish_reason=finish_reason(response, transcript.stopped))],
-            usage=usage,
-            katpilot=info,
-        )
+        choice = ChatChoice(message=message, finish_reason=finish_reason(response, transcript.stopped))
+        return ChatCompletion(choices=[choice], **envelope(reply, usage, info))
 
 
 class CompletionShape:
@@ -169,15 +166,7 @@ class CompletionShape:
         usage: Usage | None = None,
         katpilot: KatpilotInfo | StreamNote | None = None,
     ) -> Completion:
-        return Completion(
-            id=reply.id,
-            created=reply.created,
-            model=reply.model,
-            system_fingerprint=FINGERPRINT,
-            choices=choices,
-            usage=usage,
-            katpilot=katpilot,
-        )
+        return Completion(choices=choices, **envelope(reply, usage, katpilot))
 
     def opening(self, reply: Reply) -> None:
         return None  # a text completion stream has no role chunk

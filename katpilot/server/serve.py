@@ -23,8 +23,10 @@ from katpilot.errors import ConfigError
 
 # Connections the kernel holds while the model loads and for bursts (the queue refuses the excess).
 BACKLOG = 128
-# Seconds uvicorn waits for open streams at shutdown; generations are cancelled right away anyway.
-GRACEFUL_SHUTDOWN_S = 3
+# The most seconds uvicorn waits for open streams at shutdown. Generations are cancelled at once, so
+# streams normally end within a token; on a loaded 2-core machine one token took over 3 s, and the
+# stream was then cut before its finish chunk and [DONE].
+GRACEFUL_SHUTDOWN_S = 10
 
 
 @dataclass(frozen=True)

@@ -270,13 +270,15 @@ class _Metadata:
 
     def get_int(self, key: str) -> int | None:
         value = self.values.get(key)
-        return value if self.types.get(key) in _INT_TYPES else None  # type: ignore[return-value]
+        return value if self.types.get(key) in _INT_TYPES and isinstance(value, int) else None
 
     def get_str(self, key: str) -> str | None:
-        return self.values.get(key) if self.types.get(key) == _VT.STRING else None  # type: ignore[return-value]
+        value = self.values.get(key)
+        return value if self.types.get(key) == _VT.STRING and isinstance(value, str) else None
 
     def get_bool(self, key: str) -> bool | None:
-        return self.values.get(key) if self.types.get(key) == _VT.BOOL else None  # type: ignore[return-value]
+        value = self.values.get(key)
+        return value if self.types.get(key) == _VT.BOOL and isinstance(value, bool) else None
 
 
 _INT_TYPES = frozenset({_VT.UINT8, _VT.INT8, _VT.UINT16, _VT.INT16, _VT.UINT32, _VT.INT32, _VT.UINT64, _VT.INT64})
@@ -374,9 +376,9 @@ def _alignment(meta: _Metadata) -> int:
     if key not in meta.values:
         return gguf.GGUF_DEFAULT_ALIGNMENT
     value = meta.values[key]
-    if meta.types[key] != _VT.UINT32 or not value or value & (value - 1):  # type: ignore[operator]
+    if meta.types[key] != _VT.UINT32 or not isinstance(value, int) or not value or value & (value - 1):
         raise _Corrupt(f"{key} is {value!r}, not a power of two stored as UINT32")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _round_up(n: int, alignment: int) -> int:
@@ -458,11 +460,11 @@ def _token_text(vocab: list[bytes], token_id: int | None) -> str | None:
 def _fim_tokens(meta: _Metadata, vocab: set[bytes]) -> tuple[str, str, str] | None:
     """The model's fill-in-the-middle tokens: from the tokenizer's FIM ids, else a known triple."""
     tok = _KEYS.Tokenizer
-    by_id = tuple(
+    pre, suf, mid = (
         _token_text(meta.vocab, meta.get_int(key)) for key in (tok.FIM_PRE_ID, tok.FIM_SUF_ID, tok.FIM_MID_ID)
     )
-    if all(by_id):
-        return by_id  # type: ignore[return-value]
+    if pre and suf and mid:
+        return pre, suf, mid
     return next((t for t in FIM_TRIPLES if all(x.encode() in vocab for x in t)), None)
 
 

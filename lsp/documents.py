@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
@@ -50,10 +51,10 @@ class OpenDocument:
         """Lines first..last (0-based, inclusive) without the final line break."""
         return "\n".join(self.lines[first : last + 1])
 
-    def range_from_json(self, value: object) -> types.Range:
+    def range_from_json(self, value: Any) -> types.Range:  # decoded JSON of any shape: checked below
         """A Range given as plain JSON (a command's argument), or a refusal saying what is wrong."""
         try:
-            start, end = value["start"], value["end"]  # type: ignore[index]
+            start, end = value["start"], value["end"]
             return types.Range(
                 types.Position(start["line"], start["character"]), types.Position(end["line"], end["character"])
             )

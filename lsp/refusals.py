@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 
@@ -18,20 +18,21 @@ from katpilot.errors import KatpilotError
 from lsp.documents import RequestRefused
 from lsp.pygls_compat import RPC_LOGGER
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def refusing(handler: F) -> F:
+def refusing(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn katpilot's errors (missing model, context overflow, ...) into JSON-RPC errors."""
 
     @functools.wraps(handler)
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await handler(*args, **kwargs)
         except KatpilotError as exc:
             raise RequestRefused(exc.one_line()) from exc
 
-    return wrapped  # type: ignore[return-value]  # same signature, as functools.wraps promises
+    return wrapped
 
 
 class QuietRefusals(logging.Filter):

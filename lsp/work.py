@@ -93,11 +93,11 @@ class WorkspaceIndex:
 
     def start(self) -> None:
         if self.root is not None:
-            self._thread.submit(self._build)
+            self._thread.submit(self._build, self.root)
 
-    def _build(self) -> None:
+    def _build(self, root: Path) -> None:
         try:
-            self._index = RepoIndex(self.root)  # type: ignore[arg-type]
+            self._index = RepoIndex(root)
             report = self._index.refresh()
             log.info("index: %s", report.summary())
             self.ready.set()
@@ -112,8 +112,9 @@ class WorkspaceIndex:
             self._thread.submit(self._refresh_quietly)
 
     def _refresh_quietly(self) -> None:
+        assert self._index is not None  # submitted only once `ready`, which the build sets after it
         try:
-            self._index.refresh()  # type: ignore[union-attr]
+            self._index.refresh()
         except KatpilotError as exc:
             log.warning("index refresh failed: %s", exc.one_line())
 

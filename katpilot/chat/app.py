@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypedDict, Unpack
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -62,6 +62,18 @@ HELP = """\
 /history             list saved chats
 /help                this list
 Esc or Ctrl+C stops the answer; Ctrl+C again (or Ctrl+Q) quits."""
+
+
+class _MessageFields(TypedDict, total=False):
+    """History.add_message's optional keyword arguments."""
+
+    judge: str
+    think: str
+    mode: str | None
+    decided_by: str | None
+    p_on: float | None
+    stats: dict[str, object] | None
+    partial: bool
 
 
 class ChatApp(App[None]):
@@ -222,13 +234,13 @@ class ChatApp(App[None]):
         self._update_status()
         log.scroll_end(animate=False)
 
-    def _save(self, role: str, content: str, **fields: object) -> None:
+    def _save(self, role: str, content: str, **fields: Unpack[_MessageFields]) -> None:
         if self.history is None:
             return
         try:
             if self.chat_id is None:
                 self.chat_id = self.history.new_chat(self.model_name)
-            self.history.add_message(self.chat_id, role, content, **fields)  # type: ignore[arg-type]
+            self.history.add_message(self.chat_id, role, content, **fields)
         except KatpilotError as exc:
             self.notice(f"not saved: {exc.one_line()}", error=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from katpilot.errors import KatpilotError
 
@@ -24,19 +24,25 @@ def run_command(app: ChatApp, line: str) -> None:
     handler(app, arg)
 
 
+def _set_control(app: ChatApp, name: str, raw: int | str | None) -> None:
+    """One think control from the user's text; ThinkControls checks and normalises it ("0.3" -> 0.3)."""
+    changes: dict[str, Any] = {name: raw}  # raw input, as models.think_controls hands it over
+    app.controls = replace(app.controls, **changes)
+
+
 def _think(app: ChatApp, arg: str) -> None:
-    app.controls = replace(app.controls, think=arg)  # type: ignore[arg-type]  # ThinkControls checks it
+    _set_control(app, "think", arg)
     app.notice(f"think {arg}")
 
 
 def _budget(app: ChatApp, arg: str) -> None:
     budget = None if arg in ("none", "off", "") else (int(arg) if arg.lstrip("-").isdigit() else arg)
-    app.controls = replace(app.controls, budget=budget)  # type: ignore[arg-type]
+    _set_control(app, "budget", budget)
     app.notice(f"thinking budget {arg} tokens" if budget is not None else "no thinking budget")
 
 
 def _threshold(app: ChatApp, arg: str) -> None:
-    app.controls = replace(app.controls, threshold=arg)  # type: ignore[arg-type]  # "0.3" is parsed by the check
+    _set_control(app, "threshold", arg)
     app.notice(f"think when p(on) >= {app.controls.threshold:g}")
 
 

@@ -118,12 +118,11 @@ def rank_definitions(
     )
 
     # Each file hands its rank to the definitions it uses, in proportion to the edge weights.
-    out_weight = (
-        np.bincount(np.array(src, dtype=np.int64), weights=np.array(weight), minlength=len(files)) if src else None
-    )
     score: dict[tuple[str, str], float] = defaultdict(float)
-    for from_id, to_id, w, name in zip(src, dst, weight, names, strict=True):
-        score[(files[to_id], name)] += file_rank[from_id] * w / out_weight[from_id]  # type: ignore[index]
+    if src:
+        out_weight = np.bincount(np.array(src, dtype=np.int64), weights=np.array(weight), minlength=len(files))
+        for from_id, to_id, w, name in zip(src, dst, weight, names, strict=True):
+            score[(files[to_id], name)] += file_rank[from_id] * w / out_weight[from_id]
     # Unused definitions still order by their file's rank, below every used one of that rank.
     ranked = [
         RankedDefinition(d, score.get((d.path, d.name), 0.0) + 1e-6 * file_rank[ids[d.path]]) for d in definitions

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -262,7 +262,7 @@ class _RequestJob:
     Not the session's per-response run: this is the HTTP side (queue ticket, cancel, transcript).
     """
 
-    batches: AsyncIterator[list[SessionEvent]]
+    batches: AsyncGenerator[list[SessionEvent], None]
     ticket: Ticket
     cancel: threading.Event
     transcript: Transcript
@@ -309,7 +309,7 @@ def _admit(state: ServerState) -> Ticket:
 
 
 async def _collect(job: _RequestJob) -> Transcript:
-    async with contextlib.aclosing(job.batches):  # type: ignore[type-var]
+    async with contextlib.aclosing(job.batches):
         async for batch in job.batches:
             _feed(job, batch)
     return job.transcript
@@ -397,4 +397,4 @@ def _strip_validation_responses(app: FastAPI) -> None:
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook

@@ -15,6 +15,8 @@ effort level because it is a yes/no answer where the effort is a hint. docs/serv
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from katpilot.server.schemas import ThinkFields
 from katpilot.session import ThinkControls
 from katpilot.terms import ThinkMode
@@ -36,6 +38,8 @@ EFFORT: dict[str, tuple[ThinkMode, int | None]] = {
 
 SERVER = "server"
 
+V = TypeVar("V")
+
 
 def resolve_controls(fields: ThinkFields, default: ThinkControls) -> tuple[ThinkControls, dict[str, str]]:
     """The effective controls, and for each one the request field (or "server") that set it."""
@@ -45,22 +49,22 @@ def resolve_controls(fields: ThinkFields, default: ThinkControls) -> tuple[Think
         ("think", fields.think),
         ("chat_template_kwargs.enable_thinking", None if enable is None else ("on" if enable else "off")),
         ("reasoning_effort", effort[0]),
-        (SERVER, default.think),
+        server=default.think,
     )
     budget, budget_by = _first(
         ("think_budget", fields.think_budget),
         ("thinking_token_budget", fields.thinking_token_budget),
         ("reasoning_effort", effort[1]),
-        (SERVER, default.budget),
+        server=default.budget,
     )
-    threshold, threshold_by = _first(("think_threshold", fields.think_threshold), (SERVER, default.threshold))
-    controls = ThinkControls(think=mode, budget=budget, threshold=threshold)  # type: ignore[arg-type]
+    threshold, threshold_by = _first(("think_threshold", fields.think_threshold), server=default.threshold)
+    controls = ThinkControls(think=mode, budget=budget, threshold=threshold)
     return controls, {"think": mode_by, "think_budget": budget_by, "think_threshold": threshold_by}
 
 
-def _first(*sources: tuple[str, object]) -> tuple[object, str]:
-    """The first (value, source) whose value is set; the last source is the server's default."""
+def _first(*sources: tuple[str, V | None], server: V) -> tuple[V, str]:
+    """The first (value, source) whose value is set, else the server's default."""
     for name, value in sources:
         if value is not None:
             return value, name
-    return sources[-1][1], sources[-1][0]
+    return server, SERVER

@@ -56,16 +56,16 @@ def chat_conversation(body: ChatCompletionRequest) -> Conversation:
     history = []
     for offset, message in enumerate(messages[:-1]):
         index = first + offset
-        if message.role in ("tool", "function"):
+        role = message.role
+        if role == "tool" or role == "function":  # `==`, not `in`: mypy narrows the Literal on `==`
             raise ApiError(
                 400,
-                f"messages[{index}] has role {message.role}: tool calls are not served",
+                f"messages[{index}] has role {role}: tool calls are not served",
                 "send the tool's result as a user message",
                 param=f"messages[{index}].role",
                 code="invalid_value",
             )
-        role = "system" if message.role in SYSTEM_ROLES else message.role
-        history.append(Message(role, _text(message, index)))  # type: ignore[arg-type]
+        history.append(Message("system" if role == "system" or role == "developer" else role, _text(message, index)))
     user = _text(messages[-1], len(body.messages) - 1)
     return Conversation("\n\n".join(system_parts) if system_parts else None, history, user)
 

@@ -19,10 +19,10 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from katpilot.errors import KatpilotError
 
@@ -65,7 +65,11 @@ class _Failure:
     error: BaseException
 
 
-_DONE = object()
+class _Done:
+    """The end of the work: the last item posted."""
+
+
+_DONE = _Done()
 
 
 class GenerationQueue:
@@ -107,7 +111,7 @@ class GenerationQueue:
 
     async def run(
         self, ticket: Ticket, work: Callable[[], Iterator[T]], cancel: threading.Event, interval: float = 0.0
-    ) -> AsyncIterator[list[T]]:
+    ) -> AsyncGenerator[list[T], None]:
         """Wait for the turn, run `work` in the worker thread, and yield its items in batches.
 
         A batch is everything produced since the last one, at most one per `interval` seconds
@@ -126,7 +130,7 @@ class GenerationQueue:
                 raise Closed()
             return
         loop = asyncio.get_running_loop()
-        mailbox = _Mailbox(loop)
+        mailbox: _Mailbox[T] = _Mailbox(loop)
         try:
             future = loop.run_in_executor(self._worker, _produce, work, mailbox)
         except RuntimeError:  # the worker is shut down: the server is stopping
@@ -140,16 +144,22 @@ class GenerationQueue:
         try:
             not_before = 0.0
             while True:
-                items = await mailbox.take(not_before)
+                taken = await mailbox.take(not_before)  # the work's items, then a failure, then the end
                 not_before = loop.time() + interval
-                done = items[-1] is _DONE
-                if done:
-                    items.pop()
-                failure = items.pop() if items and isinstance(items[-1], _Failure) else None
+                items: list[T] = []
+                failure: _Failure | None = None
+                done = False
+                for item in taken:
+                    if isinstance(item, _Done):
+                        done = True
+                    elif isinstance(item, _Failure):
+                        failure = item
+                    else:
+                        items.append(item)
                 if items:
-                    yield items  # type: ignore[misc]
+                    yield items
                 if failure is not None:
-                    raise failure.error  # type: ignore[attr-defined]
+                    raise failure.error
                 if done:
                     return
         finally:
@@ -175,7 +185,7 @@ class GenerationQueue:
         self._worker.shutdown(wait=True, cancel_futures=True)
 
 
-class _Mailbox:
+class _Mailbox(Generic[T]):
     """Items from the worker thread to the event loop, waking the loop only when it is waiting.
 
     While the consumer paces itself (between batches), items just pile up: the loop is woken
@@ -185,12 +195,12 @@ class _Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._items: list[object] = []
+        self._items: list[T | _Failure | _Done] = []
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
         self._wake_on_any = False
 
-    def put(self, item: object, final: bool = False) -> None:
+    def put(self, item: T | _Failure | _Done, final: bool = False) -> None:
         """From the worker thread."""
         with self._lock:
             self._items.append(item)
@@ -204,7 +214,7 @@ class _Mailbox:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
-    async def take(self, not_before: float) -> list[object]:
+    async def take(self, not_before: float) -> list[T | _Failure | _Done]:
         """Everything posted so far, once there is something and `not_before` (loop time) has
         passed; at once if the work has ended."""
         while True:
@@ -232,7 +242,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _produce(work: Callable[[], Iterator[T]], mailbox: _Mailbox) -> None:
+def _produce(work: Callable[[], Iterator[T]], mailbox: _Mailbox[T]) -> None:
     """The worker thread: run the generation and post every item (or the error), then the end."""
     try:
         for item in work():

@@ -37,7 +37,7 @@ class _Sparse(_Body):
     @model_serializer(mode="wrap")
     # No return annotation on purpose: pydantic would publish it as the serialised schema of every
     # subclass, in place of the fields themselves.
-    def _drop_none(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+    def _drop_none(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]  # pydantic publishes a return annotation as the schema
         return {k: v for k, v in handler(self).items() if v is not None}
 
 

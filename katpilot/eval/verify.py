@@ -1,0 +1,229 @@
+"""Verifiers: an answer and what was expected in, a `Verdict` out. Shared by eval and the trainer.
+
+- `exact_match`: the text, compared after normalising case and whitespace.
+- `numeric_match`: the final number of a free-text answer (GSM8K style), compared with a tolerance.
+- `python_tests`: candidate code and its unit tests run together in the sandbox.
+
+Verifiers never raise for anything in the answer: a malformed, hostile or runaway answer is a
+failed verdict with its reason, so a run goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from katpilot.eval.sandbox import SandboxResult, run_python
+
+__all__ = [
+    "Verdict",
+    "exact_match",
+    "extract_code",
+    "extract_number",
+    "normalise_text",
+    "numeric_match",
+    "python_tests",
+]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an answer passed, which verifier said so, and why not (None when it passed)."""
+
+    passed: bool
+    verifier: str  # "exact", "numeric" or "python_tests"
+    reason: str | None = None
+
+
+# --- exact ---------------------------------------------------------------------------------------
+
+
+def normalise_text(text: str) -> str:
+    """Casefolded, whitespace runs collapsed to one space, ends stripped, one trailing full stop dropped."""
+    text = " ".join(text.split()).casefold()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def exact_match(answer: str, expected: str) -> Verdict:
+    """Pass when the answer equals the expected text after `normalise_text` on both."""
+    got, want = normalise_text(answer), normalise_text(expected)
+    if got == want:
+        return Verdict(True, "exact")
+    return Verdict(False, "exact", f"expected {_clip(want)!r}, got {_clip(got)!r}")
+
+
+# --- numeric -------------------------------------------------------------------------------------
+
+# A number as people write it: optional sign, thousands commas (1,234,567), decimals, a leading point.
+_NUMBER = re.compile(r"(?<![\d.])[-−]?(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+# Whole-answer fractions: `\frac{a}{b}` (or `\dfrac`) and `a/b`; groups: sign, numerator, denominator.
+_FRACTIONS = (
+    re.compile(r"^([-−]?)\s*\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}$"),
+    re.compile(r"^([-−]?)\s*(\d+)\s*/\s*(\d+)$"),
+)
+
+
+def extract_number(text: str) -> Fraction | None:
+    """The final number of a free-text answer, exactly, or None when it has none.
+
+    Where to look: the content of the last `\\boxed{...}`, else the text after the last `####`
+    (GSM8K's marker), else the whole text. What is there: one number if it is nothing else (`-3/4`,
+    `\\frac{3}{4}`, `$1,200`, `50%`), else its last number. Thousands commas, `$`, `%` and a trailing
+    full stop are ignored.
+    """
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        text = boxed
+    elif "####" in text:
+        text = text.rsplit("####", 1)[1]
+    whole = _parse_number(text)  # "3/4" or "\\frac{3}{4}" is one number, not the 4 at its end
+    if whole is not None:
+        return whole
+    matches = _NUMBER.findall(text)
+    return _to_fraction(matches[-1]) if matches else None
+
+
+def numeric_match(answer: str, expected: str | float | Fraction, rel_tol: float = 1e-6) -> Verdict:
+    """Pass when the answer's final number (`extract_number`) equals `expected` within `rel_tol`.
+
+    Integers and fractions compare exactly; `rel_tol` absorbs decimals such as 0.333333 for 1/3. An
+    `expected` string goes through `extract_number` too (so "#### 1,234" is fine).
+    """
+    if isinstance(expected, str):
+        want = extract_number(expected)
+        if want is None:
+            return Verdict(False, "numeric", f"the expected answer {_clip(expected)!r} has no number")
+    elif isinstance(expected, float):
+        if not math.isfinite(expected):
+            return Verdict(False, "numeric", f"the expected answer {expected} is not a finite number")
+        want = Fraction(expected)
+    else:
+        want = Fraction(expected)
+    got = extract_number(answer)
+    if got is None:
+        return Verdict(False, "numeric", "no number in the answer")
+    if got == want or math.isclose(float(got), float(want), rel_tol=rel_tol, abs_tol=0.0):
+        return Verdict(True, "numeric")
+    return Verdict(False, "numeric", f"expected {_show(want)}, got {_show(got)}")
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if none."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return text[i:]  # unbalanced: take the rest
+
+
+def _parse_number(text: str) -> Fraction | None:
+    """A whole string that is one number (`1,234.5`, `-3/4`, `\\frac{3}{4}`, `$12`, `50\\%`), or None."""
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "").replace("\\!", "")
+    text = text.strip().rstrip(".").strip()
+    for pattern in _FRACTIONS:
+        m = pattern.match(text)
+        if m:
+            sign, numerator, denominator = m.groups()
+            num, den = _parse_number(numerator), _parse_number(denominator)
+            if num is None or den is None or den == 0:
+                return None
+            return -(num / den) if sign else num / den
+    m = _NUMBER.fullmatch(text)
+    return _to_fraction(m.group()) if m else None
+
+
+def _to_fraction(token: str) -> Fraction:
+    return Fraction(token.replace(",", "").replace("−", "-"))
+
+
+def _show(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+
+
+# --- python tests --------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def extract_code(answer: str, entry_point: str | None = None) -> str:
+    """The code in an answer: a Markdown fenced block if it has one, else the whole answer.
+
+    Among several blocks: the first Python (or unlabelled) block that defines `entry_point`, else the
+    first Python block, else the first block of any language.
+    """
+    blocks = [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(answer)]
+    if not blocks:
+        return answer
+    python = [code for lang, code in blocks if lang in ("", "python", "py", "python3")]
+    if entry_point:
+        definition = re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
+        for code in python:
+            if definition.search(code):
+                return code
+    return python[0] if python else blocks[0][1]
+
+
+def python_tests(
+    code: str,
+    tests: str | Sequence[str],
+    *,
+    entry_point: str | None = None,
+    timeout_s: float = 10,
+    cpu_s: int = 10,
+    memory_mb: int = 512,
+    site_packages: bool = False,
+) -> Verdict:
+    """Run the candidate `code` with its unit `tests` in the sandbox; pass when every test passes.
+
+    `tests` is assert-style code (MBPP: a list of `assert` lines, or one block), or HumanEval's
+    `def check(candidate): ...` with `entry_point` naming the function to pass to it. The code is
+    taken from a Markdown fence when the answer has one (`extract_code`). The limits are the
+    sandbox's (`run_python`); `site_packages=True` for tasks that import installed packages.
+
+    The program is the candidate, then the tests, then a line printing a random marker; the verdict
+    needs exit status 0 *and* the marker, so a candidate that calls `sys.exit(0)` or `os._exit(0)`
+    before the tests run fails. (A candidate that reads the harness to forge the marker, or returns
+    objects that equal anything, is beyond what this checks.)
+    """
+    candidate = extract_code(code, entry_point)
+    test_code = tests if isinstance(tests, str) else "\n".join(tests)
+    marker = f"katpilot-tests-passed-{secrets.token_hex(16)}"
+    parts = [candidate, "", "# --- tests ---", test_code]
+    if entry_point:
+        parts.append(f"check({entry_point})")
+    parts.append(f"import os as _kp_os\n_kp_os.write(1, b'\\n{marker}\\n')")
+    program = "\n".join(parts) + "\n"
+    result = run_python(program, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, site_packages=site_packages)
+    return _tests_verdict(result, marker)
+
+
+def _tests_verdict(result: SandboxResult, marker: str) -> Verdict:
+    if result.ok and marker in result.stdout:
+        return Verdict(True, "python_tests")
+    if result.reason is not None and not (result.ok and result.refused):
+        return Verdict(False, "python_tests", result.reason)
+    if result.returncode != 0:
+        last = _last_line(result.stderr)
+        return Verdict(False, "python_tests", last or f"exit status {result.returncode}")
+    return Verdict(False, "python_tests", "the program exited before the tests finished")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _clip(lines[-1], 200) if lines else ""
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -49,10 +49,15 @@ FrameLoop = Callable[[Any, JsonRPCProtocol, threading.Event], Coroutine[Any, Any
 def send_error_response(protocol: JsonRPCProtocol, msg_id: int | str | None, error: ResponseError) -> None:
     """Send a JSON-RPC error response for a frame pygls never saw as a request.
 
-    Wraps `JsonRPCProtocol._send_response(msg_id, error=...)`. pygls has no public way to answer a
-    message it could not parse (it logs and drops it); lsp.transport answers such frames itself.
+    Wraps `JsonRPCProtocol._send_data(message)`. pygls has no public way to answer a message it
+    could not parse (it logs and drops it); lsp.transport answers such frames itself. The message
+    is built here rather than by `_send_response` because pygls' response types leave a null id
+    out, and JSON-RPC 2.0 wants `"id": null` when the request's id could not be read.
     """
-    protocol._send_response(msg_id, error=error)  # type: ignore[arg-type]  # pygls types msg_id without None
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data is not None:
+        body["data"] = error.data
+    protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "error": body})
 
 
 def current_request_future(protocol: JsonRPCProtocol) -> asyncio.Future[Any] | ThreadFuture[Any] | None:

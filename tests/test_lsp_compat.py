@@ -65,24 +65,22 @@ def receive(ls: LanguageServer, message: dict[str, Any]) -> None:
     ls.protocol.handle_message(ls.protocol.structure_message({"jsonrpc": "2.0", **message}))
 
 
-def test_send_response_answers_a_frame_pygls_never_parsed() -> None:
-    method = getattr(JsonRPCProtocol, "_send_response", None)
-    assert callable(method), moved("JsonRPCProtocol._send_response", "send_error_response", "is gone")
-    parameters = inspect.signature(method).parameters
-    assert {"msg_id", "error"} <= set(parameters), moved(
-        "JsonRPCProtocol._send_response", "send_error_response", f"takes {list(parameters)}, not (msg_id, error=)"
+def test_send_data_answers_a_frame_pygls_never_parsed() -> None:
+    method = getattr(JsonRPCProtocol, "_send_data", None)
+    assert callable(method), moved("JsonRPCProtocol._send_data", "send_error_response", "is gone")
+    parameters = list(inspect.signature(method).parameters)
+    assert parameters == ["self", "data"], moved(
+        "JsonRPCProtocol._send_data", "send_error_response", f"takes {parameters}, not (data)"
     )
     ls = server()
     pygls_compat.send_error_response(ls.protocol, None, types.ResponseError(code=-32700, message="parse error"))
+    pygls_compat.send_error_response(ls.protocol, 7, types.ResponseError(code=-32602, message="bad", data={"f": 1}))
     sent = ls.protocol.writer.messages()  # type: ignore[union-attr]
-    # pygls 2 leaves a null id out of the message instead of sending "id": null (JSON-RPC wants the
-    # member); clients read both as "no id". Checked as it is, so a change shows up here.
-    ok = (
-        len(sent) == 1
-        and sent[0].get("id") is None
-        and sent[0].get("error") == {"code": -32700, "message": "parse error"}
-    )
-    assert ok, moved("JsonRPCProtocol._send_response", "send_error_response", f"sent {sent!r} for an error with no id")
+    expected = [
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},  # "id": null is sent
+        {"jsonrpc": "2.0", "id": 7, "error": {"code": -32602, "message": "bad", "data": {"f": 1}}},
+    ]
+    assert sent == expected, moved("JsonRPCProtocol._send_data", "send_error_response", f"sent {sent!r}")
 
 
 def test_request_futures_hold_the_future_cancel_request_cancels() -> None:

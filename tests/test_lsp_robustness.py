@@ -90,7 +90,9 @@ def test_garbage_frames_and_bad_requests_get_errors_and_a_valid_request_then_suc
 
     server.write(b"this is not a header\r\n\r\n")  # a line that is not a header, then a blank one
     server.frame(b"{not json")
-    assert server.response(None)["error"]["code"] == -32700
+    parse_error = server.response(None)
+    assert parse_error["error"]["code"] == -32700
+    assert "id" in parse_error and parse_error["id"] is None  # JSON-RPC 2.0: "id": null, not left out
     server.frame(b"\xff\xfe\x00garbage")
     assert server.response(None)["error"]["code"] == -32700
     server.frame(b"[1, 2, 3]")

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import Any
 
 from katpilot.chat_template import Message
 from katpilot.config import Settings
@@ -112,12 +111,11 @@ def think_controls(
     no budget). Overrides may be raw user input ("on", "256", "0.3"): ThinkControls checks and
     normalises them by the config file's rules, so every front end accepts and refuses the same.
     """
-    values: dict[str, Any] = {  # raw values of mixed types: ThinkControls checks each one
-        "think": settings.think if think is None else think,
-        "budget": settings.budget if budget is ... else budget,
-        "threshold": settings.threshold if threshold is None else threshold,
-    }
-    return ThinkControls(**values)
+    return ThinkControls().updated(
+        think=settings.think if think is None else think,
+        budget=settings.budget if budget is ... else budget,
+        threshold=settings.threshold if threshold is None else threshold,
+    )
 
 
 def profile_for(engine: Engine, settings: Settings) -> Profile:

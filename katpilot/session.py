@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from katpilot import gate
 from katpilot.chat_template import Message, render
@@ -55,6 +56,15 @@ class ThinkControls:
             if problem:
                 raise KatpilotError(f"{name} {problem}", f"see `katpilot config show` for the {name} setting")
             object.__setattr__(self, name, value)  # normalised: "0.3" -> 0.3, 1 -> 1.0
+
+    def updated(self, **raw: object) -> ThinkControls:
+        """These controls with some replaced by raw user input ("on", "256", "0.3").
+
+        The one place raw text enters: `__post_init__` checks and normalises it by the config
+        file's rules, so the fields hold checked values whatever the input's type was.
+        """
+        changes: dict[str, Any] = dict(raw)
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from katpilot.errors import KatpilotError
 
@@ -24,25 +24,19 @@ def run_command(app: ChatApp, line: str) -> None:
     handler(app, arg)
 
 
-def _set_control(app: ChatApp, name: str, raw: int | str | None) -> None:
-    """One think control from the user's text; ThinkControls checks and normalises it ("0.3" -> 0.3)."""
-    changes: dict[str, Any] = {name: raw}  # raw input, as models.think_controls hands it over
-    app.controls = replace(app.controls, **changes)
-
-
 def _think(app: ChatApp, arg: str) -> None:
-    _set_control(app, "think", arg)
+    app.controls = app.controls.updated(think=arg)
     app.notice(f"think {arg}")
 
 
 def _budget(app: ChatApp, arg: str) -> None:
     budget = None if arg in ("none", "off", "") else (int(arg) if arg.lstrip("-").isdigit() else arg)
-    _set_control(app, "budget", budget)
+    app.controls = app.controls.updated(budget=budget)
     app.notice(f"thinking budget {arg} tokens" if budget is not None else "no thinking budget")
 
 
 def _threshold(app: ChatApp, arg: str) -> None:
-    _set_control(app, "threshold", arg)
+    app.controls = app.controls.updated(threshold=arg)
     app.notice(f"think when p(on) >= {app.controls.threshold:g}")
 
 

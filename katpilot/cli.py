@@ -383,6 +383,66 @@ def history_command(
         typer.echo(f"{chat.id:>5}  {when}  {chat.messages:>4} msgs  {chat.model:<16}  {chat.title or '(untitled)'}")
 
 
+@app.command("eval")
+def eval_command(
+    suite: Annotated[
+        str, typer.Option("--suite", help="arithmetic, code, repo, or a HumanEval / MBPP / GSM8K .jsonl file.")
+    ],
+    model: ModelOpt = None,
+    think: Annotated[
+        str, typer.Option("--think", help="Modes to run, comma-separated: auto, on, off.")
+    ] = "auto,on,off",
+    thresholds: Annotated[
+        str | None, typer.Option(help="think=auto sweep: start:stop:step (0:1:0.1) or a list (0.3,0.5).")
+    ] = None,
+    budget: BudgetOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items only.")] = None,
+    jobs: Annotated[int, typer.Option(help="Parallel requests (remote servers; local runs one at a time).")] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output directory; rerun with the same one to resume. [default: katpilot-eval/SUITE-MODEL]"),
+    ] = None,
+    repo: Annotated[Path | None, typer.Option(help="Repository for --suite repo. [default: .]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated suites (arithmetic, repo).")] = 0,
+    profile: ProfileOpt = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; eval is greedy by default.")] = 0.0,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    n_ctx: NCtxOpt = None,
+    n_threads: NThreadsOpt = None,
+    threshold: ThresholdOpt = None,
+    plot: Annotated[bool, typer.Option(help="Write plot.png and plot.svg.")] = True,
+) -> None:
+    """Measure accuracy against tokens per think mode, sweep the judge threshold; writes report.md, results.json, plot."""
+    from katpilot.eval.command import EvalOptions, parse_modes, parse_thresholds, run_eval, summary_lines
+
+    settings = config_mod.load_settings(
+        _flags(
+            model=model,
+            profile=profile,
+            budget=budget,
+            threshold=threshold,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+        )
+    ).settings
+    options = EvalOptions(
+        suite=suite,
+        modes=parse_modes(think),
+        thresholds=parse_thresholds(thresholds) if thresholds else None,
+        limit=limit,
+        jobs=jobs,
+        out=out,
+        seed=seed,
+        repo=repo,
+        plot=plot,
+    )
+    results, out_dir = run_eval(settings, options, show_progress=sys.stderr.isatty())
+    for line in summary_lines(results, out_dir):
+        typer.echo(line)
+
+
 RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]
 ExcludeOpt = Annotated[
     list[str] | None, typer.Option("--exclude", help="Extra ignore pattern (.gitignore syntax); repeatable.")

@@ -2,6 +2,7 @@
 
 - `exact_match`: the text, compared after normalising case and whitespace.
 - `numeric_match`: the final number of a free-text answer (GSM8K style), compared with a tolerance.
+- `mentions_any`: free text that names one of the accepted answers (a path, a function name).
 - `python_tests`: candidate code and its unit tests run together in the sandbox.
 
 Verifiers never raise for anything in the answer: a malformed, hostile or runaway answer is a
@@ -24,6 +25,7 @@ __all__ = [
     "exact_match",
     "extract_code",
     "extract_number",
+    "mentions_any",
     "normalise_text",
     "numeric_match",
     "python_tests",
@@ -35,7 +37,7 @@ class Verdict:
     """Whether an answer passed, which verifier said so, and why not (None when it passed)."""
 
     passed: bool
-    verifier: str  # "exact", "numeric" or "python_tests"
+    verifier: str  # "exact", "numeric", "mentions" or "python_tests"
     reason: str | None = None
 
 
@@ -54,6 +56,26 @@ def exact_match(answer: str, expected: str) -> Verdict:
     if got == want:
         return Verdict(True, "exact")
     return Verdict(False, "exact", f"expected {_clip(want)!r}, got {_clip(got)!r}")
+
+
+# --- mentions ------------------------------------------------------------------------------------
+
+
+def mentions_any(answer: str, accepted: Sequence[str]) -> Verdict:
+    """Pass when the answer names one of `accepted` as a whole word (case kept: code names are exact).
+
+    For questions whose answer is a name inside a sentence ("It is defined in `src/app.py`."): a
+    path or identifier counts only where it is not part of a longer one (`app.py` is not in
+    `webapp.py`, `load` is not in `load_all`).
+    """
+    names = [a for a in accepted if a]
+    if not names:
+        return Verdict(False, "mentions", "no accepted answer was given")
+    for name in names:
+        if re.search(rf"(?<![\w/-]){re.escape(name)}(?![\w/-]|\.\w)", answer):
+            return Verdict(True, "mentions")
+    shown = ", ".join(repr(_clip(n, 40)) for n in names[:3]) + (" …" if len(names) > 3 else "")
+    return Verdict(False, "mentions", f"the answer names none of {shown}")
 
 
 # --- numeric -------------------------------------------------------------------------------------
@@ -184,6 +206,7 @@ def python_tests(
     cpu_s: int = 10,
     memory_mb: int = 512,
     site_packages: bool = False,
+    extract: bool = True,
 ) -> Verdict:
     """Run the candidate `code` with its unit `tests` in the sandbox; pass when every test passes.
 
@@ -195,9 +218,10 @@ def python_tests(
     The program is the candidate, then the tests, then a line printing a random marker; the verdict
     needs exit status 0 *and* the marker, so a candidate that calls `sys.exit(0)` or `os._exit(0)`
     before the tests run fails. (A candidate that reads the harness to forge the marker, or returns
-    objects that equal anything, is beyond what this checks.)
+    objects that equal anything, is beyond what this checks.) `extract=False` takes `code` as it
+    is, for a caller that already extracted it and put more around it.
     """
-    candidate = extract_code(code, entry_point)
+    candidate = extract_code(code, entry_point) if extract else code
     test_code = tests if isinstance(tests, str) else "\n".join(tests)
     marker = f"katpilot-tests-passed-{secrets.token_hex(16)}"
     parts = [candidate, "", "# --- tests ---", test_code]

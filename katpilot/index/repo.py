@@ -280,7 +280,7 @@ class RepoIndex:
         if self._search is None:
             self._search = DefinitionSearch(self.definitions())
         return [
-            Snippet(hit.definition, self._excerpt(hit.definition), hit.score)
+            Snippet(hit.definition, self.excerpt(hit.definition), hit.score)
             for hit in self._search.search(question, limit)
         ]
 
@@ -346,7 +346,8 @@ class RepoIndex:
         source = self._source_text(rel, text).encode("utf-8")
         return extract_definitions(language, rel, source, parse_tree(language, source))
 
-    def _excerpt(self, definition: Definition) -> str:
+    def excerpt(self, definition: Definition) -> str:
+        """A definition's source as shown to a model: its first SNIPPET_MAX_LINES lines, secrets withheld."""
         try:
             lines = self.read_text(definition.path).text.splitlines()
         except KatpilotError:

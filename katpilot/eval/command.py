@@ -1,0 +1,229 @@
+"""`katpilot eval` end to end: options in, the report, results.json and the plot out.
+
+The CLI parses flags into settings and `EvalOptions`; this module loads the suite and the engine(s)
+through `katpilot.models` (the one way every front end does), runs, and writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from katpilot.config import Settings
+from katpilot.engine.base import Engine
+from katpilot.errors import KatpilotError
+from katpilot.eval.records import RunJournal, write_atomic
+from katpilot.eval.results import EvalResults, build_results
+from katpilot.eval.runner import EvalRunner, conditions_for
+from katpilot.eval.suites import Suite, load_suite
+from katpilot.models import load_engine, profile_for, remote_spec, sampling_params, think_controls
+from katpilot.terms import THINK_MODES, ThinkMode
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+MAX_SWEEP_POINTS = 101
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    suite: str
+    modes: tuple[ThinkMode, ...] = ("auto", "on", "off")
+    thresholds: tuple[float, ...] | None = None  # None: the configured threshold only
+    limit: int | None = None
+    jobs: int = 1
+    out: Path | None = None  # None: katpilot-eval/<suite>-<model> in the working directory
+    seed: int = 0
+    repo: Path | None = None
+    plot: bool = True
+
+
+def parse_modes(text: str) -> tuple[ThinkMode, ...]:
+    """ "auto,on,off" -> ("auto", "on", "off"); an unknown mode is an error naming the known ones."""
+    modes: list[ThinkMode] = []
+    for part in (p.strip() for p in text.split(",")):
+        match = next((m for m in THINK_MODES if m == part), None)
+        if match is None:
+            raise KatpilotError(f"--think {part!r} is not a think mode", "give a comma-separated list of auto, on, off")
+        if match not in modes:
+            modes.append(match)
+    return tuple(modes)
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """ "0:1:0.1" (start:stop:step, stop included) or "0.3,0.5,0.7"; every value within [0, 1]."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(p) for p in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > MAX_SWEEP_POINTS:
+                raise KatpilotError(f"--thresholds {text} is {count} points", f"use at most {MAX_SWEEP_POINTS}")
+            values = [round(start + i * step, 6) for i in range(count)]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise KatpilotError(
+            f"--thresholds {text!r} is not a sweep", "write start:stop:step (0:1:0.1) or a list (0.3,0.5,0.7)"
+        ) from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise KatpilotError(f"--thresholds {text!r} must hold values within [0, 1]", "e.g. 0:1:0.1")
+    return tuple(dict.fromkeys(values))
+
+
+def default_out(suite: Suite, model: str) -> Path:
+    safe = re.sub(r"[^\w.-]+", "-", f"{suite.name}-{model}").strip("-")
+    return Path("katpilot-eval") / safe
+
+
+def run_eval(
+    settings: Settings,
+    options: EvalOptions,
+    echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    show_progress: bool = False,
+    engines: Sequence[Engine] | None = None,
+) -> tuple[EvalResults, Path]:
+    """Run (or resume) the evaluation; returns the results and the output directory.
+
+    `engines` are used instead of loading the configured model (the caller keeps and closes them):
+    how tests and benchmarks drive a scripted or already loaded engine through the same path.
+    """
+    suite = load_suite(options.suite, seed=options.seed, repo=options.repo)
+    if options.limit is not None and options.limit < 1:
+        raise KatpilotError("--limit must be at least 1", "give how many items to evaluate")
+    items = suite.items[: options.limit] if options.limit else suite.items
+    controls = think_controls(settings)
+    thresholds = options.thresholds or (controls.threshold,)
+    conditions = conditions_for(options.modes, thresholds)
+    sampling = sampling_params(settings)
+    with _engines(settings, options.jobs, echo, engines) as engines:
+        engine = engines[0]
+        profile = profile_for(engine, settings)
+        fingerprint = {
+            "suite": suite.name,
+            "model": engine.info.name,
+            "model_path": engine.info.path,
+            "profile": profile.name,
+            "system_prompt": settings.system_prompt,
+            "n_ctx": engine.info.n_ctx,
+            "budget": controls.budget,
+            **asdict(sampling),
+        }
+        out = options.out or default_out(suite, engine.info.name)
+        journal = RunJournal(out, fingerprint)
+        try:
+            if journal.resumed:
+                echo(f"katpilot: resuming {out}: {journal.resumed} record(s) already done")
+            runner = EvalRunner(engines, settings, controls, sampling, journal, conditions)
+            with _progress(show_progress, f"{suite.name}") as progress:
+                counts = runner.run(items, progress)
+        finally:
+            journal.close()
+    run = fingerprint | {
+        "threshold": controls.threshold,
+        "modes": list(options.modes),
+        "description": suite.description,
+    }
+    picked = Suite(suite.name, suite.description, list(items))
+    results = build_results(run, picked, conditions, journal.records, counts, profile.decision)
+    write_outputs(results, out, options.plot)
+    return results, out
+
+
+def write_outputs(results: EvalResults, out: Path, plot: bool = True) -> None:
+    """results.json, plot.png / plot.svg and report.md in `out` (each written whole or not at all)."""
+    from katpilot.eval.report import render_report
+
+    write_atomic(out / RESULTS_FILE, json.dumps(results.to_json(), indent=1, ensure_ascii=False) + "\n")
+    plot_file = None
+    if plot:
+        from katpilot.eval.plot import save_plot
+
+        save_plot(results, out)
+        plot_file = "plot.png"
+    write_atomic(out / REPORT_FILE, render_report(results, plot_file))
+
+
+@contextmanager
+def _engines(
+    settings: Settings, jobs: int, echo: Callable[[str], None], given: Sequence[Engine] | None
+) -> Iterator[list[Engine]]:
+    """One engine per job for a remote server (each keeps its own connection state); one locally."""
+    if jobs < 1:
+        raise KatpilotError("--jobs must be at least 1", "give how many requests to run at once")
+    if given:
+        yield list(given)
+        return
+    remote = remote_spec(settings.model, settings) is not None
+    if jobs > 1 and not remote:
+        echo("katpilot: --jobs applies to remote servers; the local engine runs one stream at a time")
+        jobs = 1
+    engines: list[Engine] = []
+    try:
+        for _ in range(jobs):
+            engines.append(load_engine(settings))
+        yield engines
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+@contextmanager
+def _progress(show: bool, title: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar with ETA on stderr (a terminal only); None otherwise."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(title),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def summary_lines(results: EvalResults, out: Path) -> list[str]:
+    """What the command prints when it is done: one line per condition, the trade, the files."""
+    from katpilot.eval.report import headline_comparisons
+
+    lines = []
+    for s in results.summaries:
+        ci = f" [{100 * s.accuracy_ci.low:.0f}-{100 * s.accuracy_ci.high:.0f}]" if s.accuracy_ci else ""
+        lines.append(
+            f"{s.condition:<10} accuracy {100 * s.accuracy:5.1f}%{ci}  tokens/item {s.mean_tokens:7.1f}"
+            f"  think on {100 * s.think_on_rate:3.0f}%"
+        )
+    for c in headline_comparisons(results):
+        if c.token_ratio is not None:
+            lines.append(
+                f"{c.auto} vs always {c.against}: tokens ×{c.token_ratio:.2f}, accuracy {100 * c.accuracy_difference:+.1f} points"
+            )
+    if results.sweep is not None and not results.sweep.available and len(results.sweep.thresholds) > 1:
+        lines.append(f"threshold sweep unavailable: {results.sweep.why_not}")
+    lines.append(f"report: {out / REPORT_FILE}")
+    return lines

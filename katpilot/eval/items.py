@@ -1,0 +1,67 @@
+"""An evaluation item (a prompt and how to check its answer) and `grade`, the one way to check it.
+
+Every suite, bundled or loaded from a file, becomes a list of `EvalItem`; the runner never needs to
+know where an item came from. The trainer's data stage grades with the same `grade`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from katpilot.eval.verify import Verdict, exact_match, extract_code, mentions_any, numeric_match, python_tests
+
+VerifierName = Literal["exact", "numeric", "mentions", "python_tests"]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question and what a right answer is."""
+
+    id: str  # unique within its suite; the key of its records (and of resuming)
+    prompt: str  # the user message the model gets
+    verifier: VerifierName
+    expected: str = ""  # exact / numeric: the answer
+    accepted: tuple[str, ...] = ()  # mentions: any of these names passes
+    tests: str = ""  # python_tests: assert lines, or HumanEval's `def check(candidate)`
+    entry_point: str | None = None  # python_tests: the function the answer must define
+    humaneval_check: bool = False  # tests define check(candidate), called with the entry point
+    prelude: str = ""  # python_tests: code the answer continues (HumanEval's prompt), kept before it
+    level: int | None = None  # difficulty, where the suite grades it
+    meta: dict[str, str] = field(default_factory=dict)  # suite-specific facts shown in the report
+
+
+def grade(item: EvalItem, answer: str) -> Verdict:
+    """The verdict on `answer` by the item's verifier (never raises for anything in the answer)."""
+    if item.verifier == "exact":
+        return exact_match(answer, item.expected)
+    if item.verifier == "numeric":
+        return numeric_match(answer, item.expected)
+    if item.verifier == "mentions":
+        return mentions_any(answer, item.accepted)
+    return python_tests(
+        program_for(item, answer),
+        item.tests,
+        entry_point=item.entry_point if item.humaneval_check else None,
+        extract=False,
+    )
+
+
+def program_for(item: EvalItem, answer: str) -> str:
+    """The candidate program: the answer's code, after the prelude it continues (if any).
+
+    An answer that defines the entry point itself is whole: it goes after the prelude, which then only
+    lends its imports and helpers (a HumanEval prompt is valid code on its own: a docstring is a
+    body). An answer that does not is taken as the body the prelude's signature is waiting for.
+    """
+    code = extract_code(answer, item.entry_point)
+    if not item.prelude:
+        return code
+    if item.entry_point and _defines(code, item.entry_point):
+        return f"{item.prelude.rstrip()}\n\n\n{code}"
+    return item.prelude + code
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", code, re.MULTILINE) is not None

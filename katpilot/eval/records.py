@@ -1,0 +1,134 @@
+"""Per-item records and the run's journal on disk, which makes a killed run resumable.
+
+The journal is `records.jsonl` in the output directory: one record per line, appended, flushed and
+fsynced as each (item, condition) finishes, so a SIGKILL loses at most the line being written. A
+rerun with the same `--out` reads it back (dropping a torn last line), skips what is there and
+appends the rest. `run.json` holds what the records depend on (model, suite, sampling, ...): a rerun
+that changes any of it is refused rather than mixing two runs in one report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+
+RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Record:
+    """What one item did under one condition."""
+
+    item: str
+    condition: str  # "on", "off", or "auto@<threshold>"
+    think: str  # the requested mode: auto, on or off
+    threshold: float | None  # auto only
+    mode: str  # what the response did: on or off
+    decided_by: str  # model, user or none (gate.DecidedBy)
+    p_on: float | None
+    tokens: dict[str, int]  # judge, think, answer, other, completion, prompt
+    latency_s: float
+    finish_reason: str
+    passed: bool
+    verifier: str
+    reason: str | None
+    answer: str
+    reused_from: str | None = None  # the condition whose response this one is (same decision)
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        return cls(**data)
+
+
+class RunJournal:
+    """The output directory of one run: its fingerprint and its records, kept as they come."""
+
+    def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
+        self.out = out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KatpilotError(
+                f"cannot create the output directory {out} ({exc.strerror})", "give --out a writable path"
+            ) from None
+        self._check_fingerprint(fingerprint)
+        self.records: dict[tuple[str, str], Record] = {}
+        self.resumed = self._load()
+        self._file = (out / RECORDS_FILE).open("a", encoding="utf-8")
+        self._lock = threading.Lock()  # --jobs workers add records concurrently
+
+    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        path = self.out / RUN_FILE
+        if path.exists():
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise KatpilotError(
+                    f"{path} is unreadable ({exc})", f"delete {self.out} or give another --out"
+                ) from None
+            changed = [k for k in sorted(set(before) | set(fingerprint)) if before.get(k) != fingerprint.get(k)]
+            if changed:
+                name = changed[0]
+                raise KatpilotError(
+                    f"{self.out} holds a run with another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})",
+                    "give another --out, or delete that directory to start over",
+                )
+            return
+        write_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
+
+    def _load(self) -> int:
+        """Read the journal back; a torn last line (killed mid-write) is cut off. Returns records read."""
+        path = self.out / RECORDS_FILE
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+        if good < len(data):
+            with path.open("r+b") as f:
+                f.truncate(good)
+        for number, line in enumerate(data[:good].splitlines(), 1):
+            try:
+                record = Record.from_json(json.loads(line))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise KatpilotError(
+                    f"{path} line {number} is not a record ({exc})", f"delete {self.out} or give another --out"
+                ) from None
+            self.records.setdefault((record.item, record.condition), record)
+        return len(self.records)
+
+    def get(self, item: str, condition: str) -> Record | None:
+        return self.records.get((item, condition))
+
+    def for_item(self, item: str) -> list[Record]:
+        with self._lock:
+            return [r for (i, _), r in self.records.items() if i == item]
+
+    def add(self, record: Record) -> None:
+        """Keep a record: in memory and on disk, durable before this returns."""
+        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
+        with self._lock:
+            self.records[(record.item, record.condition)] = record
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

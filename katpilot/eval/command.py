@@ -107,6 +107,7 @@ def run_eval(
         profile = profile_for(engine, settings)
         fingerprint = {
             "suite": suite.name,
+            "seed": options.seed,
             "model": engine.info.name,
             "model_path": engine.info.path,
             "profile": profile.name,

@@ -60,7 +60,32 @@ def program_for(item: EvalItem, answer: str) -> str:
         return code
     if item.entry_point and _defines(code, item.entry_point):
         return f"{item.prelude.rstrip()}\n\n\n{code}"
-    return item.prelude + code
+    return item.prelude.rstrip("\n") + "\n" + _as_body(code, _body_indent(item.prelude))
+
+
+def _body_indent(prelude: str) -> int:
+    """The indentation the prelude's function body uses (its docstring's last line), else 4."""
+    last = next((line for line in reversed(prelude.splitlines()) if line.strip()), "")
+    indent = len(last) - len(last.lstrip())
+    return indent or 4
+
+
+def _as_body(code: str, indent: int) -> str:
+    """Body code indented under the prelude's signature.
+
+    The session strips an answer's leading whitespace (it is format, not content), so a body comes
+    back with its first line flush left: that line takes the body's indentation when the lines
+    after it are indented at least that far (nested blocks, continuation lines), and a body with
+    lines flush left is indented as a whole.
+    """
+    lines = code.strip("\n").splitlines()
+    if not lines or lines[0][:1] in (" ", "\t"):
+        return code
+    rest = [len(line) - len(line.lstrip()) for line in lines[1:] if line.strip()]
+    pad = " " * indent
+    if rest and min(rest) >= indent:
+        return pad + "\n".join(lines) + "\n"
+    return "".join(f"{pad}{line}\n" for line in lines)
 
 
 def _defines(code: str, name: str) -> bool:

@@ -66,13 +66,13 @@ def mentions_any(answer: str, accepted: Sequence[str]) -> Verdict:
 
     For questions whose answer is a name inside a sentence ("It is defined in `src/app.py`."): a
     path or identifier counts only where it is not part of a longer one (`app.py` is not in
-    `webapp.py`, `load` is not in `load_all`).
+    `webapp.py` nor `src/app.py`, `load` is not in `load_all`); `./app.py` names `app.py`.
     """
     names = [a for a in accepted if a]
     if not names:
         return Verdict(False, "mentions", "no accepted answer was given")
     for name in names:
-        if re.search(rf"(?<![\w/-]){re.escape(name)}(?![\w/-]|\.\w)", answer):
+        if re.search(rf"(?:(?<=\./)|(?<![\w/-])){re.escape(name)}(?![\w/-]|\.\w)", answer):
             return Verdict(True, "mentions")
     shown = ", ".join(repr(_clip(n, 40)) for n in names[:3]) + (" …" if len(names) > 3 else "")
     return Verdict(False, "mentions", f"the answer names none of {shown}")

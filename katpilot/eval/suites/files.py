@@ -7,6 +7,7 @@ the fields it lacks, with the line.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from pathlib import Path
@@ -32,6 +33,10 @@ class SuiteFileError(KatpilotError):
     """A suite file that is missing, unreadable or of no known shape."""
 
 
+class _BadField(Exception):
+    """A record's field of the wrong type (the loader adds the file and line)."""
+
+
 def load_jsonl_suite(path: Path) -> tuple[str, list[EvalItem]]:
     """The file's shape ("humaneval", "mbpp" or "gsm8k") and its items, in file order."""
     records = list(_records(path))
@@ -47,7 +52,10 @@ def load_jsonl_suite(path: Path) -> tuple[str, list[EvalItem]]:
                 f"{path} line {line_no}: a {shape} record without {', '.join(missing)}",
                 f"every record of a {shape} file needs {', '.join(SHAPES[shape])}",
             )
-        item = _ITEM_MAKERS[shape](record, line_no)
+        try:
+            item = _ITEM_MAKERS[shape](record, line_no)
+        except _BadField as exc:
+            raise SuiteFileError(f"{path} line {line_no}: {exc}", f"fix the record (a {shape} file)") from None
         if item.id in seen:
             raise SuiteFileError(
                 f"{path} line {line_no}: the id {item.id!r} is used twice", "give each record its own id"
@@ -59,7 +67,7 @@ def load_jsonl_suite(path: Path) -> tuple[str, list[EvalItem]]:
 
 def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of line 1
     except FileNotFoundError:
         raise SuiteFileError(f"suite file {path} does not exist", "give the path of a JSONL file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -97,7 +105,7 @@ def _shape_of(path: Path, line_no: int, record: dict[str, Any]) -> str:
 def _text(record: dict[str, Any], name: str, line_no: int) -> str:
     value = record[name]
     if not isinstance(value, str):
-        raise SuiteFileError(f"line {line_no}: {name} must be a string, not {type(value).__name__}", "fix the record")
+        raise _BadField(f"{name} must be a string, not {type(value).__name__}")
     return value
 
 
@@ -114,13 +122,19 @@ def _humaneval(record: dict[str, Any], line_no: int) -> EvalItem:
     )
 
 
-_CALLED = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\()?\s*(?:set\()?([A-Za-z_]\w*)\s*\(")
+_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
+_NOT_ENTRY = frozenset(dir(builtins)) | {"assert", "not", "and", "or", "in", "is", "lambda"}
+
+
+def _entry_point(test: str) -> str | None:
+    """The function an MBPP assert tests: its first call that is not a builtin (`sorted(f(x))` -> f)."""
+    return next((name for name in _CALL.findall(test) if name not in _NOT_ENTRY), None)
 
 
 def _mbpp(record: dict[str, Any], line_no: int) -> EvalItem:
     tests = record["test_list"]
     if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests) or not tests:
-        raise SuiteFileError(f"line {line_no}: test_list must be a non-empty list of strings", "fix the record")
+        raise _BadField("test_list must be a non-empty list of strings")
     setup: list[str] = []  # MBPP's optional imports (a list) and setup code (a string)
     for key in ("test_imports", "test_setup_code"):
         value = record.get(key)
@@ -128,14 +142,13 @@ def _mbpp(record: dict[str, Any], line_no: int) -> EvalItem:
             setup += [str(v) for v in value]
         elif isinstance(value, str) and value.strip():
             setup.append(value)
-    called = _CALLED.search(tests[0])
     text = _text(record, "text", line_no)
     return EvalItem(
         id=str(record.get("task_id", f"line-{line_no}")),
         prompt=f"{text}\n{MBPP_INSTRUCTION}\n" + "\n".join(tests),
         verifier="python_tests",
         tests="\n".join(setup + tests),
-        entry_point=called.group(1) if called else None,
+        entry_point=_entry_point(tests[0]),
     )
 
 

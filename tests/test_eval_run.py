@@ -231,3 +231,20 @@ def test_hostile_answers_fail_their_items_with_a_reason_and_the_run_goes_on(tmp_
     assert not Path("/tmp/katpilot-eval-escape.txt").exists()
     assert descendants() == []
     assert time.monotonic() - started < 60
+
+
+def test_local_jobs_run_one_stream_at_a_time_and_say_so(engine: LocalEngine, tmp_path: Path) -> None:
+    said: list[str] = []
+    options = EvalOptions(suite=str(HUMANEVAL), modes=("off",), limit=1, jobs=3, out=tmp_path, plot=False)
+    results, _ = run_eval(settings(max_tokens=8), options, echo=said.append)
+    assert said == ["katpilot: --jobs applies to remote servers; the local engine runs one stream at a time"]
+    assert len(results.records) == 1 and not (tmp_path / "plot.png").exists()
+
+
+def test_serving_imports_neither_eval_nor_matplotlib() -> None:
+    code = (
+        "import sys, katpilot.cli, katpilot.server.app, lsp.server\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('katpilot.eval', 'matplotlib'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

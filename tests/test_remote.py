@@ -636,3 +636,21 @@ def test_lsp_completes_and_answers_on_the_remote_engine(llama_server: LlamaServe
     assert answer["model"] == far.info.name  # the server's model answered
     assert answer["answer"].strip()
     assert "no repository context" not in " ".join(m.message for m in client.messages)
+
+
+def test_eval_runs_parallel_requests_on_a_remote_server(llama_server: LlamaServer, tmp_path: Path) -> None:
+    """`katpilot eval --jobs 2` on a server: one engine per job, every item evaluated exactly once."""
+    args = ["eval", "--suite", "arithmetic", "--limit", "4", "--think", "off,auto", "--max-tokens", "16"]
+    result = subprocess.run(
+        [*KATPILOT, *args, "--model", llama_server.spec, "--jobs", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "KATPILOT_API_KEY": KEY},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--jobs applies to remote servers" not in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    keys = sorted((r["item"], r["condition"]) for r in records)
+    assert keys == sorted({(r["item"], c) for r in records for c in ("off", "auto@0.5")}) and len(keys) == 8
+    assert all(r["tokens"]["completion"] > 0 for r in records)

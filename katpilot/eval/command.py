@@ -210,16 +210,19 @@ def _progress(show: bool, title: str) -> Iterator[Callable[[int, int], None] | N
 
 def summary_lines(results: EvalResults, out: Path) -> list[str]:
     """What the command prints when it is done: one line per condition, the trade, the files."""
-    from katpilot.eval.report import headline_comparisons
+    from katpilot.eval.report import NO_DECISION_NOTE, headline_comparisons, model_decided
 
     lines = []
-    for s in results.summaries:
+    for s in results.shown_summaries():
         ci = f" [{100 * s.accuracy_ci.low:.0f}-{100 * s.accuracy_ci.high:.0f}]" if s.accuracy_ci else ""
         lines.append(
             f"{s.condition:<10} accuracy {100 * s.accuracy:5.1f}%{ci}  tokens/item {s.mean_tokens:7.1f}"
             f"  think on {100 * s.think_on_rate:3.0f}%"
         )
-    for c in headline_comparisons(results):
+    headline = headline_comparisons(results)
+    if headline and not model_decided(results, headline[0].auto):
+        lines.append(NO_DECISION_NOTE)
+    for c in headline:
         if c.token_ratio is not None:
             lines.append(
                 f"{c.auto} vs always {c.against}: tokens ×{c.token_ratio:.2f}, accuracy {100 * c.accuracy_difference:+.1f} points"

@@ -7,7 +7,7 @@ no global state and no display needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from katpilot.eval.results import EvalResults
 from katpilot.eval.stats import ConditionSummary
@@ -21,10 +21,7 @@ FORCED_LABELS = {"on": "always on", "off": "always off"}
 
 def plotted_summaries(results: EvalResults) -> dict[str, list[ConditionSummary]]:
     """What goes on the plot, by series label: the sweep (one point when it is unavailable), on, off."""
-    autos = [s for s in results.summaries if s.think == "auto"]
-    if autos and results.sweep is not None and not results.sweep.available:
-        configured = results.run.get("threshold")
-        autos = [next((s for s in autos if s.threshold == configured), autos[0])]
+    autos = [s for s in results.shown_summaries() if s.think == "auto"]
     series = {AUTO_LABEL: sorted(autos, key=lambda s: s.threshold or 0.0)} if autos else {}
     for mode, label in FORCED_LABELS.items():
         found = results.summary(mode)
@@ -39,20 +36,28 @@ def build_figure(results: EvalResults) -> Figure:
 
     figure = Figure(figsize=(7.5, 4.8), layout="constrained")
     axes = figure.subplots()
-    styles = {AUTO_LABEL: ("o-", "tab:blue"), "always on": ("^", "tab:red"), "always off": ("v", "tab:green")}
-    for label, points in plotted_summaries(results).items():
+    # The sweep is drawn last, in hollow circles, so a point on top of always-off stays visible.
+    styles: dict[str, dict[str, Any]] = {
+        "always on": {"marker": "^", "color": "tab:red", "markersize": 9, "linestyle": "none"},
+        "always off": {"marker": "v", "color": "tab:green", "markersize": 9, "linestyle": "none"},
+        AUTO_LABEL: {"marker": "o", "color": "tab:blue", "markersize": 11, "markerfacecolor": "none", "zorder": 3},
+    }
+    series = plotted_summaries(results)
+    for label in sorted(series, key=lambda name: name == AUTO_LABEL):
+        points = series[label]
         xs = [s.mean_tokens for s in points]
         ys = [100 * s.accuracy for s in points]
         low = [100 * (s.accuracy - s.accuracy_ci.low) if s.accuracy_ci else 0.0 for s in points]
         high = [100 * (s.accuracy_ci.high - s.accuracy) if s.accuracy_ci else 0.0 for s in points]
-        marker, colour = styles[label]
+        style = styles[label]
+        colour: str = style["color"]
         axes.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=colour, alpha=0.35, capsize=3)
-        axes.plot(xs, ys, marker, color=colour, label=label, markersize=8 if label != AUTO_LABEL else 5)
+        axes.plot(xs, ys, label=label, **style)
         if label == AUTO_LABEL and len(points) > 1:
             for s, x, y in zip(points, xs, ys, strict=True):
-                axes.annotate(f"{s.threshold:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                axes.annotate(f"{s.threshold:g}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
     model = results.run.get("model", "?")
-    axes.set_title(f"{results.suite} on {model}: accuracy against tokens ({results.items} items)")
+    axes.set_title(f"{results.suite} on {model}\naccuracy against tokens, {results.items} items", fontsize=10)
     axes.set_xlabel("completion tokens per item (mean)")
     axes.set_ylabel("accuracy (%, 95% interval)")
     axes.set_ylim(-2, 102)

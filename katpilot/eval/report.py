@@ -22,11 +22,13 @@ def render_report(results: EvalResults, plot_file: str | None) -> str:
         "| condition | accuracy (95% interval) | think on | decided by model | tokens / item (judge · think · answer) | latency mean / median |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [_row(s) for s in results.summaries]
+    lines += [_row(s) for s in results.shown_summaries()]
     lines += ["", "## AutoThink against always-on and always-off", ""]
     shown = headline_comparisons(results)
     if not shown:
         lines.append("Run `--think auto,on,off` to compare (auto needs at least one forced mode beside it).")
+    if shown and not model_decided(results, shown[0].auto):
+        lines += [NO_DECISION_NOTE, ""]
     for c in shown:
         lines.append(
             f"- **{c.auto} vs always {c.against}** ({c.n} items): tokens {_ratio(c)}; "
@@ -52,6 +54,17 @@ def headline_comparisons(results: EvalResults) -> list[Comparison]:
     mine = [c for c in results.comparisons if c.auto == configured]
     first = results.comparisons[0].auto if results.comparisons else None
     return mine or [c for c in results.comparisons if c.auto == first]
+
+
+NO_DECISION_NOTE = (
+    "No response under auto was decided by the model (a plain model, or no engine probabilities): "
+    "auto is the model's own default here, so these differences are not AutoThink's judgement."
+)
+
+
+def model_decided(results: EvalResults, condition: str) -> bool:
+    summary = results.summary(condition)
+    return summary is not None and summary.decided_by_model_rate > 0
 
 
 def _ratio(c: Comparison) -> str:

@@ -39,6 +39,14 @@ class EvalResults:
     def summary(self, label: str) -> ConditionSummary | None:
         return next((s for s in self.summaries if s.condition == label), None)
 
+    def shown_summaries(self) -> list[ConditionSummary]:
+        """What a person is shown: every condition, but one auto row when no threshold changes anything."""
+        if self.sweep is None or self.sweep.available:
+            return list(self.summaries)
+        autos = [s for s in self.summaries if s.think == "auto"]
+        configured = next((s for s in autos if s.threshold == self.run.get("threshold")), autos[0] if autos else None)
+        return [s for s in self.summaries if s.think != "auto" or s is configured]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run,

@@ -193,27 +193,51 @@ def ask(
 
 
 @models_app.callback()
-def models_list(ctx: typer.Context) -> None:
-    """List known models: the embedded default and the config's [models] aliases."""
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per model).")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also say which store entries were skipped, and why.")
+    ] = False,
+) -> None:
+    """List models: the embedded default, [models] aliases, and GGUFs in Ollama, LM Studio, llama.cpp and HF caches."""
     if ctx.invoked_subcommand is not None:
         return
     from katpilot.errors import ModelFileError
-    from katpilot.models import known_models, remote_spec, resolve_model
+    from katpilot.models import list_models, resolve_model
 
     settings = config_mod.load_settings().settings
-    _list_remote_models(settings)
+    if not as_json:
+        _list_remote_models(settings)
     try:
-        default = resolve_model(settings.model, settings)
+        default = resolve_model(settings.model, settings) if not _is_remote_setting(settings) else None
     except ModelFileError:
-        default = None  # no default model installed: still list the configured ones
-    for known in known_models(settings):
-        if remote_spec(settings.models.get(known.name), settings):
-            typer.echo(f"  {known.name:<20} {'server':>9}  {known.source:<8}  {settings.models[known.name]}")
-            continue
-        exists = known.path.is_file()
-        size = f"{known.path.stat().st_size / 2**20:.0f} MiB" if exists else "missing"
-        mark = "*" if known.path == default else " "
-        typer.echo(f"{mark} {known.name:<20} {size:>9}  {known.source:<8}  {known.path}")
+        default = None  # no default model installed: still list the others
+    listed, notes = list_models(settings)
+    if as_json:
+        typer.echo(json.dumps([m.to_json(default) for m in listed], indent=2))
+    else:
+        typer.echo(f"  {'NAME':<32} {'SIZE':>9}  {'QUANT':<7} {'ARCH':<10} {'PROFILE':<7} {'SOURCE':<11} PATH")
+        for m in listed:
+            mark = "*" if m.path == default else " "
+            h = m.header
+            quant, arch, profile = (h.quantization, h.architecture, h.profile) if h else ("", "", "")
+            size = f"{h.file_size / 2**20:.0f} MiB" if h else m.problem or "missing"
+            typer.echo(f"{mark} {m.name:<32} {size:>9}  {quant:<7} {arch:<10} {profile:<7} {m.source:<11} {m.path}")
+    if notes and verbose:
+        for note in notes:
+            typer.echo(f"katpilot: {note}", err=True)
+    elif notes:
+        typer.echo(
+            f"katpilot: {len(notes)} store entr{'y' if len(notes) == 1 else 'ies'} skipped (--verbose says why)",
+            err=True,
+        )
+
+
+def _is_remote_setting(settings: config_mod.Settings) -> bool:
+    from katpilot.models import remote_spec
+
+    return remote_spec(settings.model, settings) is not None
 
 
 def _list_remote_models(settings: config_mod.Settings) -> None:
@@ -234,14 +258,16 @@ def _list_remote_models(settings: config_mod.Settings) -> None:
 
 @models_app.command("info")
 def models_info(
-    path: Annotated[Path, typer.Argument(help="A GGUF file.")],
+    model: Annotated[str, typer.Argument(help="A GGUF file, or a name `katpilot models` lists.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a GGUF's metadata: architecture, size, quantization, template, profile, tags, MTP heads."""
     from katpilot.gguf_file import format_model_info, read_gguf
+    from katpilot.models import resolve_model
     from katpilot.profiles import detect_profile
 
-    summary = read_gguf(path)
+    settings = config_mod.load_settings().settings
+    summary = read_gguf(resolve_model(model, settings))
     info = summary.model_info(detect_profile(summary.chat_template, summary.tags_in_vocab).name)
     typer.echo(json.dumps(info, indent=2) if as_json else format_model_info(info))
 

@@ -142,6 +142,12 @@ class Settings:
         str,
         optional=True,
     )
+    model_dirs: str | None = _setting(
+        None,
+        f"more directories searched for GGUF models (besides Ollama, LM Studio, llama.cpp and Hugging Face), separated by {os.pathsep!r}",
+        str,
+        optional=True,
+    )
     models: dict[str, str] = _setting(
         {},
         'model aliases, the [models] table: name = "path/to/model.gguf" (use as --model NAME)',

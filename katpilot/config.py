@@ -77,7 +77,7 @@ class Settings:
 
     model: str | None = _setting(
         None,
-        "GGUF path, a name from [models], or a server: openai+http://host:port/v1#model; "
+        "GGUF path, a name from [models] or `katpilot models`, or a server: openai+http://host:port/v1#model; "
         "none = the embedded default model",
         str,
         optional=True,

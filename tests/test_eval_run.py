@@ -248,3 +248,32 @@ def test_serving_imports_neither_eval_nor_matplotlib() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_answers_and_files_that_once_crashed_a_run_are_clear(tmp_path: Path) -> None:
+    from katpilot.eval.items import EvalItem, grade
+    from katpilot.eval.stats import paired_difference, ratio_of_sums
+
+    huge = grade(EvalItem("x", "q", "numeric", expected="4"), "1" * 400)
+    assert not huge.passed and huge.reason and "expected 4" in huge.reason
+    assert not grade(EvalItem("x", "q", "numeric", expected="4"), "\\frac{" + "9" * 5000 + "}{3}").passed
+    assert paired_difference([1.0, 0.0], [0.0, 1.0])[1] is None  # too few pairs for an interval
+    wide = paired_difference([1.0] * 5 + [0.0] * 5, [0.0] * 5 + [1.0] * 5)[1]
+    assert wide is not None and wide.low >= -1.0 and wide.high <= 1.0
+    assert ratio_of_sums([1.0, 2.0], [2.0, 2.0]) == (0.75, None)
+    with pytest.raises(KatpilotError, match="not finite"):
+        parse_thresholds("0:inf:0.1")
+    with pytest.raises(KatpilotError, match="stop >= start"):
+        parse_thresholds("1:0:0.1")
+    assert parse_thresholds("0.73105856,0.73105859") == (0.731059,)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": "t", "prompt": "def f():\n", "test": "", "entry_point": ""}) + "\n")
+    with pytest.raises(KatpilotError, match="is not a Python function name"):
+        run_eval(settings(), EvalOptions(suite=str(bad), out=tmp_path / "o"), engines=[ReplyEngine({})])
+    bad.write_text(json.dumps({"question": "q", "answer": "none"}) + "\n")
+    with pytest.raises(KatpilotError, match="has no final number"):
+        run_eval(settings(), EvalOptions(suite=str(bad), out=tmp_path / "o"), engines=[ReplyEngine({})])
+    occupied = tmp_path / "occupied"
+    (occupied / RECORDS_FILE).mkdir(parents=True)
+    with pytest.raises(KatpilotError, match=r"cannot write .*records.jsonl \(Is a directory\)"):
+        RunJournal(occupied, {"suite": "s"})

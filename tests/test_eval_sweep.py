@@ -14,6 +14,7 @@ import pytest
 from eval_helpers import BranchingKat, ReplyEngine, gsm8k_file
 
 from katpilot.config import load_settings
+from katpilot.errors import KatpilotError
 from katpilot.eval.command import EvalOptions, run_eval
 from katpilot.eval.stats import Interval
 
@@ -91,3 +92,40 @@ def test_statistics_of_a_scripted_stream_of_results(tmp_path: Path) -> None:
     assert on is not None and on.think_on_rate == 1.0 and on.decided_by_model_rate == 0.0
     assert (on.correct, on.mean_tokens) == (8, 13.0)
     assert on.mean_segment_tokens == {"judge": 0, "think": 6.5, "answer": 6.5, "other": 0}
+
+
+def test_one_item_decided_without_p_on_leaves_the_sweep_available(tmp_path: Path) -> None:
+    """Only an engine that gives no p(on) anywhere makes the sweep unavailable; one odd item is counted."""
+
+    class OneOdd(BranchingKat):
+        def pieces_for(self, prompt: str) -> list[str]:
+            if "Odd" in prompt and prompt.endswith("<judge>\n"):
+                return ["hm", "<think_off>", "<answer>", "42", "</answer>"]  # its own tag, no </judge>
+            return super().pieces_for(prompt)
+
+    suite = gsm8k_file(tmp_path / "q.jsonl", {"What is 40 plus 2?": "42", "Odd: 2 plus 40?": "42"})
+    options = EvalOptions(suite=str(suite), modes=("auto",), thresholds=(0.5, 0.9), out=tmp_path / "out")
+    results, _ = run_eval(kat_settings(), options, engines=[OneOdd()])
+    assert results.sweep is not None and results.sweep.available
+    assert results.sweep.decided_without_p_on == 1
+    modes = {(r.item, r.condition): r.mode for r in results.records}
+    assert modes[("line-1", "auto@0.5")] == "on" and modes[("line-1", "auto@0.9")] == "off"
+
+
+def test_a_rerun_on_another_file_of_the_same_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = gsm8k_file(tmp_path / "a" / "q.jsonl", {"What is 2 plus 2?": "4"})
+    second = gsm8k_file(tmp_path / "b" / "q.jsonl", {"What is 3 plus 3?": "6"})
+    engine = ReplyEngine({"2 plus 2": ["4"], "3 plus 3": ["6"]})
+    run_eval(
+        kat_settings(profile="plain"),
+        EvalOptions(suite=str(first), modes=("off",), out=tmp_path / "out"),
+        engines=[engine],
+    )
+    with pytest.raises(KatpilotError, match="another suite_digest"):
+        run_eval(
+            kat_settings(profile="plain"),
+            EvalOptions(suite=str(second), modes=("off",), out=tmp_path / "out"),
+            engines=[engine],
+        )

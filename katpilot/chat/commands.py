@@ -42,7 +42,10 @@ def _threshold(app: ChatApp, arg: str) -> None:
 
 def _model(app: ChatApp, arg: str) -> None:
     if not arg:
-        raise KatpilotError("/model needs a GGUF path or a configured alias", "e.g. /model ~/models/kat.gguf")
+        raise KatpilotError(
+            "/model needs a model: a name `katpilot models` lists, a GGUF path or an alias",
+            "e.g. /model qwen2.5-coder:1.5b",
+        )
     if app.generating:
         raise KatpilotError("cannot switch models while answering", "press Esc first")
     app.notice(f"loading {arg} …")

@@ -6,6 +6,7 @@ through `katpilot.models` (the one way every front end does), runs, and writes t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 from katpilot.config import Settings
 from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
+from katpilot.eval.items import EvalItem
 from katpilot.eval.records import RunJournal, write_atomic
 from katpilot.eval.results import EvalResults, build_results
 from katpilot.eval.runner import EvalRunner, conditions_for
@@ -56,25 +58,47 @@ def parse_modes(text: str) -> tuple[ThinkMode, ...]:
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """ "0:1:0.1" (start:stop:step, stop included) or "0.3,0.5,0.7"; every value within [0, 1]."""
+    """ "0:1:0.1" (start:stop:step, stop included) or "0.3,0.5,0.7"; every value within [0, 1].
+
+    Values are rounded to 6 decimals (labels and records key on them), duplicates dropped.
+    """
+    usage = "write start:stop:step (0:1:0.1) or a list (0.3,0.5,0.7), values within [0, 1]"
     try:
         if ":" in text:
             start, stop, step = (float(p) for p in text.split(":"))
+            if not all(math.isfinite(v) for v in (start, stop, step)):
+                raise KatpilotError(f"--thresholds {text!r} is not finite", usage)
             if step <= 0 or stop < start:
-                raise ValueError
+                raise KatpilotError(f"--thresholds {text!r}: the step must be > 0 and stop >= start", usage)
+            if (stop - start) / step + 1 > MAX_SWEEP_POINTS:
+                raise KatpilotError(f"--thresholds {text} is more than {MAX_SWEEP_POINTS} points", "use a larger step")
             count = math.floor((stop - start) / step + 1e-9) + 1
-            if count > MAX_SWEEP_POINTS:
-                raise KatpilotError(f"--thresholds {text} is {count} points", f"use at most {MAX_SWEEP_POINTS}")
             values = [round(start + i * step, 6) for i in range(count)]
         else:
-            values = [float(p) for p in text.split(",") if p.strip()]
+            values = [round(float(p), 6) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise KatpilotError(
-            f"--thresholds {text!r} is not a sweep", "write start:stop:step (0:1:0.1) or a list (0.3,0.5,0.7)"
-        ) from None
+        raise KatpilotError(f"--thresholds {text!r} is not a sweep", usage) from None
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise KatpilotError(f"--thresholds {text!r} must hold values within [0, 1]", "e.g. 0:1:0.1")
+        raise KatpilotError(f"--thresholds {text!r} must hold values within [0, 1]", usage)
     return tuple(dict.fromkeys(values))
+
+
+def items_digest(items: Sequence[EvalItem]) -> str:
+    """A hash of what the items ask and how they are checked (ids, prompts, answers, tests)."""
+    digest = hashlib.sha256()
+    for item in items:
+        fields = (
+            item.id,
+            item.prompt,
+            item.verifier,
+            item.expected,
+            *item.accepted,
+            item.tests,
+            item.entry_point or "",
+            item.prelude,
+        )
+        digest.update(json.dumps(fields).encode())
+    return digest.hexdigest()[:16]
 
 
 def default_out(suite: Suite, model: str) -> Path:
@@ -107,6 +131,7 @@ def run_eval(
         profile = profile_for(engine, settings)
         fingerprint = {
             "suite": suite.name,
+            "suite_digest": items_digest(items),  # another file or repository of the same name differs here
             "seed": options.seed,
             "model": engine.info.name,
             "model_path": engine.info.path,

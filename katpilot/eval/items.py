@@ -33,7 +33,19 @@ class EvalItem:
 
 
 def grade(item: EvalItem, answer: str) -> Verdict:
-    """The verdict on `answer` by the item's verifier (never raises for anything in the answer)."""
+    """The verdict on `answer` by the item's verifier (never raises for anything in the answer).
+
+    The verifiers handle what answers hold; anything they did not foresee (a lone surrogate a
+    server sent, a number past Python's limits) fails the item with the reason, so a run goes on
+    and a resumed run does not stop at the same answer again.
+    """
+    try:
+        return _grade(item, answer)
+    except Exception as exc:
+        return Verdict(False, item.verifier, f"the answer could not be checked ({type(exc).__name__}: {exc})"[:300])
+
+
+def _grade(item: EvalItem, answer: str) -> Verdict:
     if item.verifier == "exact":
         return exact_match(answer, item.expected)
     if item.verifier == "numeric":

@@ -54,8 +54,11 @@ def build_figure(results: EvalResults) -> Figure:
         axes.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=colour, alpha=0.35, capsize=3)
         axes.plot(xs, ys, label=label, **style)
         if label == AUTO_LABEL and len(points) > 1:
+            at: dict[tuple[float, float], list[str]] = {}  # thresholds on one spot share one label
             for s, x, y in zip(points, xs, ys, strict=True):
-                axes.annotate(f"{s.threshold:g}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+                at.setdefault((x, y), []).append(f"{s.threshold:g}")
+            for (x, y), names in at.items():
+                axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
     model = results.run.get("model", "?")
     axes.set_title(f"{results.suite} on {model}\naccuracy against tokens, {results.items} items", fontsize=10)
     axes.set_xlabel("completion tokens per item (mean)")

@@ -62,10 +62,13 @@ class RunJournal:
             raise KatpilotError(
                 f"cannot create the output directory {out} ({exc.strerror})", "give --out a writable path"
             ) from None
-        self._check_fingerprint(fingerprint)
         self.records: dict[tuple[str, str], Record] = {}
-        self.resumed = self._load()
-        self._file = (out / RECORDS_FILE).open("a", encoding="utf-8")
+        try:
+            self._check_fingerprint(fingerprint)
+            self.resumed = self._load()
+            self._file = (out / RECORDS_FILE).open("a", encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable(out, exc) from None
         self._lock = threading.Lock()  # --jobs workers add records concurrently
 
     def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
@@ -100,7 +103,9 @@ class RunJournal:
         for number, line in enumerate(data[:good].splitlines(), 1):
             try:
                 record = Record.from_json(json.loads(line))
-            except (json.JSONDecodeError, TypeError) as exc:
+                if not isinstance(record.tokens, dict) or "completion" not in record.tokens:
+                    raise TypeError("its tokens have no completion count")
+            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise KatpilotError(
                     f"{path} line {number} is not a record ({exc})", f"delete {self.out} or give another --out"
                 ) from None
@@ -119,9 +124,12 @@ class RunJournal:
         line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
         with self._lock:
             self.records[(record.item, record.condition)] = record
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            try:
+                self._file.write(line)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                raise _unwritable(self.out, exc) from None
 
     def close(self) -> None:
         self._file.close()
@@ -130,5 +138,13 @@ class RunJournal:
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path.parent, exc) from None
+
+
+def _unwritable(out: Path, exc: OSError) -> KatpilotError:
+    where = exc.filename or out
+    return KatpilotError(f"cannot write {where} ({exc.strerror})", "give --out a writable directory of your own")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from katpilot.eval.results import EvalResults
-from katpilot.eval.stats import Comparison, ConditionSummary, Interval
+from katpilot.eval.stats import MIN_PAIRS, Comparison, ConditionSummary, Interval
 
 FAILURES_SHOWN = 15
 ON_PAR_POINTS = 1.0  # "as accurate as always-on": within this many percentage points
@@ -29,6 +29,8 @@ def render_report(results: EvalResults, plot_file: str | None) -> str:
         lines.append("Run `--think auto,on,off` to compare (auto needs at least one forced mode beside it).")
     if shown and not model_decided(results, shown[0].auto):
         lines += [NO_DECISION_NOTE, ""]
+    if any(c.n < MIN_PAIRS for c in shown):
+        lines += [f"Fewer than {MIN_PAIRS} paired items: no intervals for these differences.", ""]
     for c in shown:
         lines.append(
             f"- **{c.auto} vs always {c.against}** ({c.n} items): tokens {_ratio(c)}; "
@@ -112,6 +114,15 @@ def _sweep_section(results: EvalResults) -> list[str]:
         lines.append(
             f"| {s.threshold:g} | {100 * s.accuracy:.1f}% | {100 * s.think_on_rate:.0f}% | {s.mean_tokens:.1f} "
             f"| {versus[0]} | {versus[1]} |"
+        )
+    if sweep.decided_without_p_on:
+        lines.append(
+            f"\n{sweep.decided_without_p_on} response(s) were decided by the model's own tag without p(on) "
+            "(the engine gave none there): the same at every threshold."
+        )
+    if results.run.get("temperature"):
+        lines.append(
+            "\nSampled (temperature > 0): a reused response is one sample standing for every threshold with the same decision."
         )
     pick = suggest_threshold(results)
     if pick is not None:

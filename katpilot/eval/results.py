@@ -23,6 +23,7 @@ class SweepInfo:
     why_not: str | None
     records: int  # auto records (items x thresholds)
     generated: int  # of which generated; the rest reuse a response with the same decision
+    decided_without_p_on: int = 0  # auto responses whose model wrote its own decision tag (no p(on))
 
 
 @dataclass
@@ -92,6 +93,9 @@ def build_results(
             why_not=why,
             records=len(auto_records),
             generated=sum(1 for r in auto_records if r.reused_from is None),
+            decided_without_p_on=sum(
+                1 for r in auto_records if r.reused_from is None and r.decided_by == "model" and r.p_on is None
+            ),
         )
     kept = [records[(i, c.label)] for i in ids for c in conditions if (i, c.label) in records]
     return EvalResults(run, suite.name, len(ids), summaries, comparisons, sweep, counts, kept)
@@ -101,7 +105,9 @@ def _sweep_unavailable(decision: str, auto_records: list[Record]) -> str | None:
     """Why no threshold changes anything for this model, or None when the sweep is meaningful."""
     if decision == "none":
         return "the model has no decision point (profile plain): every threshold gives the same answers"
-    if any(r.decided_by == "model" and r.p_on is None for r in auto_records):
+    if any(r.decided_by == "model" and r.p_on is None for r in auto_records) and not any(
+        r.p_on is not None for r in auto_records
+    ):
         return (
             "p(on) is not available from this engine (the server returned no logprobs): "
             "the model wrote its own decision, so every threshold gives the same answers"

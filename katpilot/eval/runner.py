@@ -7,8 +7,9 @@ to: mode = on when p(on) >= threshold. So:
 2. every other threshold whose decision under that p(on) is the same mode reuses that response
    (`reused_from`), since the session would have produced exactly it;
 3. a threshold that flips the decision generates once more; the engine's scoring is memoised
-   (`ScoreMemo`), so when the judge comes out the same (greedy decoding) p(on) is read from the memo,
-   not scored again. At most two generations per item, and one scoring, whatever the sweep's size.
+   (`ScoreMemo`, per item within one run), so when the judge comes out the same (greedy decoding)
+   p(on) is read from the memo, not scored again. At most two generations per item, and one
+   scoring, whatever the sweep's size (a resumed run scores an unfinished item again).
 A response that never reached a decision point (a plain model, or one that ended inside its judge)
 or where the engine gave no p(on) (a server without logprobs) is the same at every threshold.
 """
@@ -110,6 +111,8 @@ class ScoreMemo(Engine):
 
 class Interrupted(KatpilotError):
     """The run was stopped (Ctrl-C); what finished is in the journal."""
+
+    exit_code = 130  # as for any interrupted command
 
 
 @dataclass
@@ -214,7 +217,14 @@ class EvalRunner:
                 continue
             assert condition.threshold is not None
             earlier = [r for r in self.journal.for_item(item.id) if r.think == "auto"]
-            source = next((r for r in earlier if r.reused_from is None and reusable(r, condition.threshold)), None)
+            source = next(
+                (
+                    r
+                    for r in earlier
+                    if r.reused_from is None and r.finish_reason != "context" and reusable(r, condition.threshold)
+                ),
+                None,
+            )
             if source is not None:
                 self._keep(_reused(source, condition), reused=True)
             else:
@@ -293,8 +303,8 @@ def _failed(item: EvalItem, condition: Condition, reason: str) -> Record:
         condition=condition.label,
         think=condition.think,
         threshold=condition.threshold,
-        mode="off",
-        decided_by="none",
+        mode="on" if condition.think == "on" else "off",
+        decided_by="user" if condition.think != "auto" else "none",
         p_on=None,
         tokens=zero,
         latency_s=0.0,

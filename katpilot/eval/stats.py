@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from katpilot.eval.records import Record
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+# Below this many pairs the normal approximations of the paired intervals mislead (a collapsed or
+# +-196-point interval), so none is given.
+MIN_PAIRS = 10
 
 SEGMENTS = ("judge", "think", "answer", "other")
 
@@ -40,22 +43,25 @@ def wilson(successes: int, n: int, z: float = Z95) -> Interval | None:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> tuple[float, Interval | None]:
-    """mean(a - b) over paired values and its normal interval (None below two pairs)."""
+    """mean(a - b) over paired values and its normal interval (None below MIN_PAIRS pairs).
+
+    The interval is clipped to the possible range of a difference of proportions, [-1, 1].
+    """
     if len(a) != len(b) or not a:
         raise ValueError("paired_difference needs two equally long, non-empty sequences")
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
+    if len(diffs) < MIN_PAIRS:
         return mean, None
     half = z * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return mean, Interval(mean - half, mean + half)
+    return mean, Interval(max(-1.0, mean - half), min(1.0, mean + half))
 
 
 def ratio_of_sums(a: Sequence[float], b: Sequence[float], z: float = Z95) -> tuple[float, Interval | None] | None:
     """sum(a) / sum(b) over paired values with a delta-method interval; None when sum(b) is 0.
 
     var(log(mean a / mean b)) ~ var(a)/(n ma^2) + var(b)/(n mb^2) - 2 cov(a, b)/(n ma mb). No interval
-    below two pairs or when a sum is 0 (the log is undefined).
+    below MIN_PAIRS pairs or when a sum is 0 (the log is undefined).
     """
     if len(a) != len(b) or not a:
         raise ValueError("ratio_of_sums needs two equally long, non-empty sequences")
@@ -64,7 +70,7 @@ def ratio_of_sums(a: Sequence[float], b: Sequence[float], z: float = Z95) -> tup
         return None
     ratio = total_a / total_b
     n = len(a)
-    if n < 2 or total_a == 0:
+    if n < MIN_PAIRS or total_a == 0:
         return ratio, None
     ma, mb = total_a / n, total_b / n
     var_a, var_b = statistics.variance(a), statistics.variance(b)

@@ -97,6 +97,13 @@ def extract_number(text: str) -> Fraction | None:
     `\\frac{3}{4}`, `$1,200`, `50%`), else its last number. Thousands commas, `$`, `%` and a trailing
     full stop are ignored.
     """
+    try:
+        return _extract_number(text)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return None  # a number too long to convert (Python's digit limit), or a zero denominator
+
+
+def _extract_number(text: str) -> Fraction | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         text = boxed
@@ -128,7 +135,7 @@ def numeric_match(answer: str, expected: str | float | Fraction, rel_tol: float 
     got = extract_number(answer)
     if got is None:
         return Verdict(False, "numeric", "no number in the answer")
-    if got == want or math.isclose(float(got), float(want), rel_tol=rel_tol, abs_tol=0.0):
+    if abs(got - want) <= Fraction(rel_tol) * max(abs(got), abs(want)):  # exact: no float overflow
         return Verdict(True, "numeric")
     return Verdict(False, "numeric", f"expected {_show(want)}, got {_show(got)}")
 

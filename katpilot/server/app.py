@@ -132,8 +132,8 @@ def served_names(settings: Settings, engine: Engine) -> tuple[str, frozenset[str
     spec = settings.model
     if spec is None or spec == EMBEDDED_NAME:
         model_id = EMBEDDED_NAME
-    elif spec in settings.models:
-        model_id = spec
+    elif spec in settings.models or not Path(spec).expanduser().exists():
+        model_id = spec  # an alias, or a name `katpilot models` lists ("qwen2.5-coder:1.5b")
     else:
         model_id = Path(spec).stem
     names = {model_id, engine.info.name}

@@ -15,6 +15,7 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import EvalItem
+from katpilot.eval.verify import extract_number
 
 # The fields each shape needs (others are ignored).
 SHAPES: dict[str, tuple[str, ...]] = {
@@ -111,12 +112,15 @@ def _text(record: dict[str, Any], name: str, line_no: int) -> str:
 
 def _humaneval(record: dict[str, Any], line_no: int) -> EvalItem:
     prompt = _text(record, "prompt", line_no)
+    entry_point = _text(record, "entry_point", line_no)
+    if not entry_point.isidentifier():
+        raise _BadField(f"entry_point {entry_point!r} is not a Python function name")
     return EvalItem(
         id=str(record["task_id"]),
         prompt=f"{HUMANEVAL_INSTRUCTION}\n\n```python\n{prompt.rstrip()}\n```",
         verifier="python_tests",
         tests=_text(record, "test", line_no),
-        entry_point=_text(record, "entry_point", line_no),
+        entry_point=entry_point,
         humaneval_check=True,
         prelude=prompt,
     )
@@ -153,11 +157,14 @@ def _mbpp(record: dict[str, Any], line_no: int) -> EvalItem:
 
 
 def _gsm8k(record: dict[str, Any], line_no: int) -> EvalItem:
+    answer = _text(record, "answer", line_no)
+    if extract_number(answer) is None:
+        raise _BadField(f"the answer {answer[-40:]!r} has no final number (GSM8K ends it with '#### N')")
     return EvalItem(
         id=str(record.get("id", record.get("task_id", f"line-{line_no}"))),
         prompt=f"{_text(record, 'question', line_no)}\n{GSM8K_INSTRUCTION}",
         verifier="numeric",
-        expected=_text(record, "answer", line_no),
+        expected=answer,
     )
 
 

@@ -304,6 +304,13 @@ def serve(
     max_tokens: Annotated[int | None, typer.Option(help="Default max tokens per response.")] = None,
     n_ctx: NCtxOpt = None,
     n_threads: NThreadsOpt = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="Serve several models by name: all (what `katpilot models` lists) or a comma-separated list; one is loaded at a time.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (docs/server.md); flags set request defaults."""
     from katpilot.server.serve import ServeOptions
@@ -321,7 +328,8 @@ def serve(
             n_threads=n_threads,
         )
     ).settings
-    run_server(settings, ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure))
+    options = ServeOptions(host=host, port=port, api_key=api_key, queue=queue, insecure=insecure, models=models)
+    run_server(settings, options)
 
 
 @app.command("chat")

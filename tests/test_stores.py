@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from store_helpers import DIGEST, link, ollama_model
 
 from katpilot.config import load_settings
 from katpilot.errors import ModelFileError
@@ -20,37 +21,6 @@ from katpilot.models import resolve_model
 from katpilot.stores import discover
 
 KATPILOT = [sys.executable, "-m", "katpilot"]
-DIGEST = "3f" * 32
-
-
-def link(src: Path, dst: Path) -> Path:
-    """Hard-link (the same blob, as stores do), falling back to a copy across file systems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy(src, dst)
-    return dst
-
-
-def ollama_model(
-    root: Path, model_path: Path, registry: str, namespace: str, name: str, tag: str, digest: str = DIGEST
-) -> Path:
-    blob = root / "blobs" / f"sha256-{digest}"
-    if not blob.exists():
-        link(model_path, blob)
-    manifest = root / "manifests" / registry / namespace / name / tag
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    layers = [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "0" * 64, "size": 10},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": blob.stat().st_size},
-    ]
-    manifest.write_text(
-        json.dumps(
-            {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "layers": layers}
-        )
-    )
-    return manifest
 
 
 def build_stores(home: Path, model_path: Path) -> None:

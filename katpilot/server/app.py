@@ -95,17 +95,52 @@ class ServerState:
     names: frozenset[str] = frozenset()
     finished: Counter[str] = field(default_factory=Counter)
     rejected: int = 0
+    # `serve --models`: every model id this server answers for -> its --model value; one is loaded at
+    # a time (`engine`, `model_id`) and a request naming another swaps it in, on the worker thread.
+    choices: dict[str, str] = field(default_factory=dict)
 
-    def check_model(self, requested: str | None) -> None:
+    def model_for(self, requested: str | None) -> str:
+        """The model id a request is answered by (the loaded one when it names none)."""
         if requested is None or requested in self.names:
-            return
+            return self.model_id
+        if requested in self.choices:
+            return requested
+        served = ", ".join(repr(c) for c in self.choices) if self.choices else repr(self.model_id)
         raise ApiError(
             404,
-            f"model {requested!r} is not served here; this server serves {self.model_id!r}",
-            f"set model to {self.model_id!r}, or leave it out",
+            f"model {requested!r} is not served here; this server serves {served}",
+            f"set model to {served if not self.choices else 'one of them'}, or leave it out",
             param="model",
             code="model_not_found",
         )
+
+    def check_model(self, requested: str | None) -> None:
+        self.model_for(requested)
+
+    def switch_to(self, model_id: str) -> None:
+        """Load `model_id` in place of the loaded model (worker thread, holding the turn).
+
+        The new model is loaded before the old one is closed, so a model that fails to load leaves
+        the server answering with the one it had.
+        """
+        if model_id == self.model_id:
+            return
+        from dataclasses import replace
+
+        from katpilot.models import load_engine
+
+        settings = replace(self.settings, model=self.choices[model_id])
+        engine = load_engine(settings)
+        try:
+            profile = profile_for(engine, settings).name
+        except Exception:
+            engine.close()
+            raise
+        old = self.engine
+        self.engine, self.model_id, self.profile = engine, model_id, profile
+        self.names = served_names(settings, engine)[1] | {model_id}
+        old.close()
+        log.info("loaded %s in place of the previous model", model_id)
 
     def session(self, conversation: Conversation, sampling: SamplingParams) -> ChatSession:
         """A fresh session holding the request's system message (else the configured one) and turns."""
@@ -191,14 +226,13 @@ def _health_router(state: ServerState) -> APIRouter:
 def _v1_router(state: ServerState) -> APIRouter:
     router = APIRouter(prefix="/v1", responses={401: _ERRORS[401]})
 
-    @router.get("/models", response_model=ModelList, summary="The served model")
+    @router.get("/models", response_model=ModelList, summary="The served models")
     async def list_models() -> ModelList:
-        return ModelList(data=[_card(state)])
+        return ModelList(data=[ModelCard(id=m, created=0) for m in state.choices or [state.model_id]])
 
     @router.get("/models/{model:path}", response_model=ModelCard, responses={404: _ERRORS[404]}, summary="One model")
     async def get_model(model: str) -> ModelCard:
-        state.check_model(model)
-        return _card(state)
+        return ModelCard(id=state.model_for(model), created=0)
 
     @router.post(
         "/chat/completions",
@@ -224,10 +258,6 @@ def _v1_router(state: ServerState) -> APIRouter:
     return router
 
 
-def _card(state: ServerState) -> ModelCard:
-    return ModelCard(id=state.model_id, created=0)
-
-
 async def _respond(
     state: ServerState,
     request: Request,
@@ -243,12 +273,16 @@ async def _respond(
     shown = Controls(
         think=controls.think, think_budget=controls.budget, think_threshold=controls.threshold, set_by=set_by
     )
-    session = state.session(conversation, sampling)
+    model_id = state.model_for(body.model)
     ticket = _admit(state)  # after every check: a bad request never takes a slot
     cancel = threading.Event()
-    work = lambda: state.generate(session, conversation.user, controls, cancel)  # noqa: E731
+
+    def work() -> Iterator[SessionEvent]:
+        state.switch_to(model_id)  # holding the turn: no other generation runs during a swap
+        return state.generate(state.session(conversation, sampling), conversation.user, controls, cancel)
+
     job = _RequestJob(state.queue.run(ticket, work, cancel, BATCH_INTERVAL_S), ticket, cancel, Transcript(stops), shown)
-    reply = Reply.new(shape.prefix, state.model_id)
+    reply = Reply.new(shape.prefix, model_id)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _stream_reply(state, request, job, shape, reply, include_usage)

@@ -13,7 +13,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 import uvicorn
@@ -38,6 +38,7 @@ class ServeOptions:
     api_key: str | None = None
     queue: int = SERVE_QUEUE_DEFAULT
     insecure: bool = False
+    models: str | None = None  # "all" or "a,b": serve these by name, one loaded at a time
 
     def __post_init__(self) -> None:
         problems, fixes = [], []
@@ -109,18 +110,42 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def model_choices(settings: Settings, spec: str) -> dict[str, str]:
+    """`--models all` or `--models a,b`: model id -> the --model value that loads it (checked now)."""
+    from katpilot.models import list_models, resolve_model
+
+    if spec.strip() == "all":
+        rows, _ = list_models(settings)
+        choices = {row.name: row.name for row in rows if row.header is not None}
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        for name in names:
+            resolve_model(name, settings)  # an unknown or ambiguous name fails here, in one line
+        choices = {name: name for name in names}
+    if not choices:
+        raise ConfigError(f"--models {spec!r} names no model", "give all, or names that `katpilot models` lists")
+    return choices
+
+
 def serve(settings: Settings, options: ServeOptions) -> None:
     """Run the server until interrupted."""
     from katpilot.models import load_engine
     from katpilot.server.app import create_app
 
     check_bind(options)
+    choices = model_choices(settings, options.models) if options.models is not None else {}
+    if choices and settings.model not in choices:
+        settings = replace(settings, model=next(iter(choices.values())))
     sock = bind(options.host, options.port)
     try:
         engine = load_engine(settings)
         try:
             app = create_app(engine, settings, api_key=options.api_key, queue_limit=options.queue)
             state = app.state.katpilot
+            if choices:
+                state.choices = choices
+                state.model_id = next(name for name, spec in choices.items() if spec == settings.model)
+                state.names = state.names | {state.model_id}
             _log_to_stderr()
             auth = "API key required" if options.api_key else "no API key"
             print(

@@ -30,8 +30,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List models, or show what is inside a GGUF file.", invoke_without_command=True)
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+quant_app = typer.Typer(help="Quantize GGUF models (llama.cpp's quantizer).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(quant_app, name="quant")
 
 # Options shared by commands that run a model; None means "not given" (config and env decide).
 ModelOpt = Annotated[
@@ -475,6 +477,41 @@ def eval_command(
     results, out_dir = run_eval(settings, options, show_progress=sys.stderr.isatty())
     for line in summary_lines(results, out_dir):
         typer.echo(line)
+
+
+@quant_app.command("quantize")
+def quant_quantize(
+    source: Annotated[Path, typer.Argument(help="The GGUF to quantize (best: an f16 or f32 export).")],
+    output: Annotated[Path, typer.Argument(help="Where to write the result (written whole, or not at all).")],
+    type_name: Annotated[
+        str, typer.Argument(metavar="TYPE", help="q8_0, q6_k, q5_k_m, q4_k_m, f16, ... (see docs/quant.md).")
+    ],
+    threads: Annotated[int | None, typer.Option(help="Threads; default: all.")] = None,
+) -> None:
+    """Quantize a GGUF to another type; says which tensors fell back to another type, and why."""
+    from quant.quantize import quantize
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        # The bar keeps the real stderr: sys.stderr is llama.cpp's log collector while the quantizer runs.
+        console = Console(file=sys.stderr)
+        columns = (TextColumn(f"quantizing to {type_name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("quantize", total=None)
+            report = quantize(
+                source, output, type_name, threads=threads, progress=lambda d, t: bar.update(task, completed=d, total=t)
+            )
+    else:
+        report = quantize(source, output, type_name, threads=threads)
+    for notice in report.notices:
+        typer.echo(f"katpilot: {notice}", err=True)
+    mib = 2**20
+    typer.echo(
+        f"wrote {report.output} ({report.type}, {report.output_bytes / mib:.1f} MiB from {report.input_bytes / mib:.1f} MiB"
+        f" in {report.seconds:.1f} s)"
+    )
 
 
 RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]

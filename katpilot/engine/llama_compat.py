@@ -22,7 +22,11 @@ not load the native library (the engine loads it only after `read_gguf` accepted
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,3 +104,46 @@ def logits_row(llm: Llama, row: int, n_vocab: int) -> np.ndarray:
 
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, row)
     return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+
+
+@contextmanager
+def llama_log_lines(on_line: Callable[[str], None]) -> Iterator[None]:
+    """Hand every line llama.cpp logs to `on_line` while inside (nothing reaches the terminal).
+
+    Internal: llama-cpp-python routes llama.cpp's log through its callback, which prints to
+    `sys.stderr` only when the "llama-cpp-python" logger's level allows it (`Llama(verbose=False)`
+    sets it to ERROR for the whole process). Inside, the level admits everything and `sys.stderr`
+    is a line collector; both are restored afterwards. The quantizer's per-tensor report
+    (quant/quantize.py, tested by tests/test_quant.py) is read this way.
+    """
+    logger = logging.getLogger("llama-cpp-python")
+    level, stderr = logger.level, sys.stderr
+    sink = _LineSink(on_line)
+    logger.setLevel(logging.DEBUG)
+    sys.stderr = sink
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        logger.setLevel(level)
+        sink.flush_rest()
+
+
+class _LineSink(io.TextIOBase):
+    """A text stream that calls back once per complete line."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._rest = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._rest + text).split("\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self._on_line(line)
+        return len(text)
+
+    def flush_rest(self) -> None:
+        if self._rest:
+            self._on_line(self._rest)
+            self._rest = ""

@@ -94,7 +94,7 @@ def list_models(settings: Settings) -> tuple[list[ListedModel], list[str]]:
     cache = HeaderCache()
     rows = []
     for known in known_models(settings):
-        if remote_spec(str(known.path), settings) or remote_spec(settings.models.get(known.name), settings):
+        if remote_spec(settings.models.get(known.name), settings):
             rows.append(ListedModel(known.name, known.path, "server", None, "server"))
             continue
         try:
@@ -106,8 +106,7 @@ def list_models(settings: Settings) -> tuple[list[ListedModel], list[str]]:
             rows.append(ListedModel(known.name, known.path, known.source, None, "unusable"))
         else:
             rows.append(ListedModel(known.name, known.path, known.source, header))
-    cache.save()
-    found = discover(model_dirs=model_dirs(settings))
+    found = discover(model_dirs=model_dirs(settings), cache=cache)  # saves the cache
     taken = {row.name for row in rows}
     rows += [
         ListedModel(m.name, m.path, m.source, m.header, aliases=tuple(m.aliases))

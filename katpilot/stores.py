@@ -293,11 +293,17 @@ def read_header(path: Path) -> ModelHeader | str:
     )
 
 
-def discover(environ: Mapping[str, str] | None = None, model_dirs: list[Path] | None = None) -> Discovery:
-    """Every usable chat model in the stores, each once, with notes on what was left out."""
+def discover(
+    environ: Mapping[str, str] | None = None, model_dirs: list[Path] | None = None, cache: HeaderCache | None = None
+) -> Discovery:
+    """Every usable chat model in the stores, each once, with notes on what was left out.
+
+    `cache`: a caller that reads other headers too (`models.list_models`) shares its cache, so the
+    cache file is read and written once.
+    """
     environ = os.environ if environ is None else environ
     stored, notes = stored_models(environ, model_dirs or [])
-    cache = HeaderCache()
+    cache = cache or HeaderCache()
     result = Discovery(notes=notes)
     seen: dict[tuple[int, int], FoundModel] = {}
     taken: set[str] = set()

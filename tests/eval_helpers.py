@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from pathlib import Path
 
 from scripted import ScriptedEngine
@@ -68,9 +68,6 @@ class BranchingKat(ReplyEngine):
         if prompt.endswith("<answer>\n"):
             return DIRECT
         raise AssertionError(f"unexpected prompt end: {prompt[-40:]!r}")
-
-    def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
-        return super().continuation_logprobs(prompt, continuations)
 
 
 def gsm8k_file(path: Path, questions: dict[str, str]) -> Path:

@@ -29,7 +29,7 @@ class EvalItem:
     humaneval_check: bool = False  # tests define check(candidate), called with the entry point
     prelude: str = ""  # python_tests: code the answer continues (HumanEval's prompt), kept before it
     level: int | None = None  # difficulty, where the suite grades it
-    meta: dict[str, str] = field(default_factory=dict)  # suite-specific facts shown in the report
+    meta: dict[str, str] = field(default_factory=dict)  # what a generated item asks about (repo: kind, name)
 
 
 def grade(item: EvalItem, answer: str) -> Verdict:

@@ -63,6 +63,7 @@ class RunJournal:
                 f"cannot create the output directory {out} ({exc.strerror})", "give --out a writable path"
             ) from None
         self.records: dict[tuple[str, str], Record] = {}
+        self._by_item: dict[str, list[Record]] = {}
         try:
             self._check_fingerprint(fingerprint)
             self.resumed = self._load()
@@ -109,21 +110,26 @@ class RunJournal:
                 raise KatpilotError(
                     f"{path} line {number} is not a record ({exc})", f"delete {self.out} or give another --out"
                 ) from None
-            self.records.setdefault((record.item, record.condition), record)
+            if (record.item, record.condition) not in self.records:
+                self._keep(record)
         return len(self.records)
+
+    def _keep(self, record: Record) -> None:
+        self.records[(record.item, record.condition)] = record
+        self._by_item.setdefault(record.item, []).append(record)
 
     def get(self, item: str, condition: str) -> Record | None:
         return self.records.get((item, condition))
 
     def for_item(self, item: str) -> list[Record]:
         with self._lock:
-            return [r for (i, _), r in self.records.items() if i == item]
+            return list(self._by_item.get(item, []))
 
     def add(self, record: Record) -> None:
         """Keep a record: in memory and on disk, durable before this returns."""
         line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
         with self._lock:
-            self.records[(record.item, record.condition)] = record
+            self._keep(record)
             try:
                 self._file.write(line)
                 self._file.flush()

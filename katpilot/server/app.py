@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from katpilot import __version__
 from katpilot.config import SERVE_QUEUE_DEFAULT, Settings
 from katpilot.engine.base import Engine, SamplingParams
 from katpilot.errors import KatpilotError
-from katpilot.models import EMBEDDED_NAME, new_session, profile_for, sampling_params, think_controls
+from katpilot.models import EMBEDDED_NAME, load_engine, new_session, profile_for, sampling_params, think_controls
 from katpilot.server import api_errors, sse
 from katpilot.server.api_errors import ApiError
 from katpilot.server.controls import resolve_controls
@@ -125,10 +125,6 @@ class ServerState:
         """
         if model_id == self.model_id:
             return
-        from dataclasses import replace
-
-        from katpilot.models import load_engine
-
         settings = replace(self.settings, model=self.choices[model_id])
         engine = load_engine(settings)
         try:

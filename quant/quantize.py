@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katpilot.engine.llama_compat import llama_log_lines
-from katpilot.errors import KatpilotError
+from quant.errors import QuantError
 
 # Our names -> llama.cpp's llama_ftype constant names (llama_cpp.LLAMA_FTYPE_*).
 TYPES: dict[str, str] = {
@@ -44,10 +44,6 @@ TYPES: dict[str, str] = {
 _PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 _FALLBACK = re.compile(r"warning: (\S+)\s.*?falling back to\s+(\S+)")
 _UNQUANTIZED = ("F32", "F16", "BF16")
-
-
-class QuantError(KatpilotError):
-    """Quantization cannot start or did not finish; nothing was left at the output path."""
 
 
 @dataclass

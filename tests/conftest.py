@@ -39,3 +39,23 @@ def engine(model_path: Path) -> Iterator[LocalEngine]:  # noqa: F821
     eng = LocalEngine(model_path, n_ctx=2048, n_threads=2)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def smol_checkpoint(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model as a Hugging Face checkpoint (through transformers; needs the train extra)."""
+    pytest.importorskip("torch", reason="needs the train extra")
+    from quant_helpers import embedded_as_checkpoint
+
+    return embedded_as_checkpoint(model_path, tmp_path_factory.mktemp("smol-hf"))
+
+
+@pytest.fixture(scope="session")
+def smol_greedy(smol_checkpoint: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """The export tests' 20 prompts as token ids, and transformers' greedy 32-token continuations."""
+    from quant_helpers import PROMPTS, greedy_hf
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(smol_checkpoint / "tokenizer.json"))
+    prompts = [tokenizer.encode(p).ids for p in PROMPTS]
+    return prompts, greedy_hf(smol_checkpoint, prompts, 32)

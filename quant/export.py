@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import gguf
 import numpy as np
@@ -40,7 +40,8 @@ from quant.architectures import (
 )
 from quant.checkpoint import Checkpoint, open_checkpoint, row_blocks
 from quant.errors import QuantError
-from quant.lora import Adapter, open_adapter
+from quant.gguf_out import OutTensor, Progress, hidden_partial, write_gguf
+from quant.lora import Adapter, check_adapter, open_adapter
 from quant.quantize import TYPES, quantize
 from quant.vocab import VocabSummary, add_tokenizer
 
@@ -54,7 +55,6 @@ WRITTEN: dict[str, tuple[Q, gguf.LlamaFileType]] = {
 }
 _SOURCE = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "F64": Q.F32}
 COMPANION_KEY, HEADS_KEY, BASE_KEY = "katpilot.mtp.companion", "katpilot.mtp.heads", "katpilot.mtp.base"
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass
@@ -72,21 +72,6 @@ class ExportReport:
     merged_lora: Path | None = None
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> the type it got instead
     notices: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Out:
-    """One tensor as written: its plan (None for generated tensors), type, shape and data source."""
-
-    name: str
-    qtype: Q
-    shape: tuple[int, ...]
-    plan: TensorPlan | None = None
-    data: np.ndarray[Any, Any] | None = None  # generated tensors (rope_freqs)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(gguf.quants.quant_shape_to_byte_shape(self.shape, self.qtype)))
 
 
 def companion_path(output: Path) -> Path:
@@ -113,41 +98,37 @@ def export_checkpoint(
     plans = plan_tensors(ckpt, hp)
     adapter = open_adapter(lora) if lora is not None else None
     if adapter is not None:
-        _check_adapter(adapter, ckpt)
+        check_adapter(adapter, ckpt)
     if not output.parent.is_dir():
         raise QuantError(f"{output.parent} is not a directory", "create it, or give another output path")
     direct = kind if kind in WRITTEN else _lossless(ckpt, plans)
     report = ExportReport(output, kind, hp.arch, 0, 0, 0.0, "", [], merged_lora=lora)
-    main = _main_tensors(hp, plans, WRITTEN[direct][0], report.fallbacks)
+    main = _main_tensors(ckpt, hp, plans, WRITTEN[direct][0], adapter, report.fallbacks)
     heads = [p for p in plans if p.mtp]
+    companion = companion_path(output) if heads else None
     partials: list[Path] = []
     created: list[Path] = []  # final paths this run renamed into place, removed again if a later step fails
-
-    def partial(path: Path, tag: str = "partial") -> Path:
-        partials.append(path.with_name(f".{path.name}.{tag}-{os.getpid()}"))
-        return partials[-1]
-
     try:
-        companion = companion_path(output) if heads else None
-        companion_partial = None
         if companion is not None:
-            companion_partial = partial(companion)
-            mtp = [_Out(p.gguf_name, _SOURCE[ckpt.tensors[p.source].dtype], p.shape, p) for p in heads]
-            _write(companion_partial, ckpt, hp, mtp, None, adapter, progress, companion=output.name)
+            partials.append(hidden_partial(companion))
+            mtp = [_tensor(ckpt, hp, p, _SOURCE[ckpt.tensors[p.source].dtype], adapter) for p in heads]
+            writer = gguf.GGUFWriter(partials[-1], hp.name)
+            _companion_metadata(writer, ckpt, hp, output.name)
+            write_gguf(writer, mtp, progress, "mtp heads")
         first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
-        first_partial = partial(first)
-        vocab = _write(
-            first_partial, ckpt, hp, main, direct, adapter, progress, companion=companion.name if companion else None
-        )
+        partials.append(hidden_partial(first))
+        writer = gguf.GGUFWriter(partials[-1], hp.name)
+        vocab = _main_metadata(writer, ckpt, hp, direct, companion.name if companion else None)
+        write_gguf(writer, main, progress, "export")
         if kind in WRITTEN:
-            os.replace(first_partial, output)
+            os.replace(partials[-1], output)
         else:
-            done = quantize(first_partial, output, kind, threads=threads, progress=_tensor_progress(progress))
+            done = quantize(partials[-1], output, kind, threads=threads, progress=_tensor_progress(progress))
             report.fallbacks |= done.fallbacks
             report.notices += [n for n in done.notices if "fell back" not in n]
         created.append(output)
-        if companion_partial is not None and companion is not None:
-            os.replace(companion_partial, companion)
+        if companion is not None:
+            os.replace(partials[0], companion)
     except BaseException as exc:
         for path in created:
             path.unlink(missing_ok=True)
@@ -179,13 +160,15 @@ def _lossless(ckpt: Checkpoint, plans: list[TensorPlan]) -> str:
     return "bf16" if dtypes == {"BF16"} else "f16" if dtypes == {"F16"} else "f32"
 
 
-def _main_tensors(hp: Hyper, plans: list[TensorPlan], qtype: Q, fallbacks: dict[str, str]) -> list[_Out]:
-    """The main file's tensors and types: 1-D in f32 (as llama.cpp's converter does), rows that do
-    not fill the type's blocks in f16."""
+def _main_tensors(
+    ckpt: Checkpoint, hp: Hyper, plans: list[TensorPlan], qtype: Q, adapter: Adapter | None, fallbacks: dict[str, str]
+) -> list[OutTensor]:
+    """The main file's tensors and types: 1-D ones in f32 (as llama.cpp's converter does), rows that
+    do not fill the type's blocks in f16."""
     out = []
     factors = llama3_rope_factors(hp)
     if factors is not None:
-        out.append(_Out("rope_freqs.weight", Q.F32, factors.shape, data=factors))
+        out.append(OutTensor("rope_freqs.weight", Q.F32, factors.shape, lambda: iter([factors])))
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     for plan in plans:
         if plan.mtp:
@@ -194,108 +177,54 @@ def _main_tensors(hp: Hyper, plans: list[TensorPlan], qtype: Q, fallbacks: dict[
         if plan.shape[-1] % block:
             kind = Q.F16
             fallbacks[plan.gguf_name] = "f16"
-        out.append(_Out(plan.gguf_name, kind, plan.shape, plan))
+        out.append(_tensor(ckpt, hp, plan, kind, adapter))
     return out
 
 
-def _check_adapter(adapter: Adapter, ckpt: Checkpoint) -> None:
-    for name, pair in adapter.pairs.items():
-        base = ckpt.tensors.get(name)
-        if base is None:
-            raise QuantError(
-                f"adapter {adapter.path} targets {name}, which {ckpt.path} does not have",
-                "pair the adapter with its base",
-            )
-        if (pair.b.shape[0], pair.a.shape[1]) != base.shape:
-            raise QuantError(
-                f"adapter factors for {name} make {[pair.b.shape[0], pair.a.shape[1]]}, the base tensor is {list(base.shape)}",
-                "pair the adapter with its base",
-            )
+def _tensor(ckpt: Checkpoint, hp: Hyper, plan: TensorPlan, qtype: Q, adapter: Adapter | None) -> OutTensor:
+    """A planned tensor's row blocks: read, LoRA merged (W + scale * B @ A), permuted for llama."""
+    ref = ckpt.tensors[plan.source]
+    pair = adapter.pairs.get(plan.source) if adapter is not None else None
+    group = hp.head_dim if plan.permute_heads else 1
+
+    def blocks() -> Iterator[np.ndarray[Any, Any]]:
+        a = pair.a.read() if pair is not None else None
+        b = pair.b.read() * adapter.scale if pair is not None and adapter is not None else None
+        for start, stop in row_blocks(ref.rows, ref.row_elements * 4, group):
+            rows = ref.read_rows(start, stop)
+            if a is not None and b is not None:
+                rows = rows + b[start:stop] @ a
+            yield to_llama_rotary(rows, hp.head_dim) if plan.permute_heads else rows
+
+    return OutTensor(plan.gguf_name, qtype, plan.shape, blocks)
+
+
+def _main_metadata(
+    writer: gguf.GGUFWriter, ckpt: Checkpoint, hp: Hyper, direct: str, companion: str | None
+) -> VocabSummary:
+    writer.add_name(ckpt.path.name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    add_hyperparameters(writer, hp, hp.blocks)
+    writer.add_file_type(WRITTEN[direct][1])
+    if direct == "q8_0":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    summary = add_tokenizer(writer, ckpt.path, hp.vocab)
+    if companion is not None:
+        writer.add_string(COMPANION_KEY, companion)
+        writer.add_uint32(HEADS_KEY, hp.mtp_blocks)
+    return summary
+
+
+def _companion_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, hp: Hyper, main: str) -> None:
+    """llama.cpp's MTP layout: block_count includes the MTP blocks, nextn_predict_layers counts them."""
+    writer.add_name(ckpt.path.name)
+    writer.add_type("mtp")
+    add_hyperparameters(writer, hp, hp.blocks + hp.mtp_blocks)
+    writer.add_nextn_predict_layers(hp.mtp_blocks)
+    writer.add_string(BASE_KEY, main)
 
 
 def _tensor_progress(progress: Progress | None) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
     return lambda done, total: progress("quantize", done, total)
-
-
-def _write(
-    path: Path,
-    ckpt: Checkpoint,
-    hp: Hyper,
-    tensors: list[_Out],
-    direct: str | None,
-    adapter: Adapter | None,
-    progress: Progress | None,
-    *,
-    companion: str | None,
-) -> VocabSummary:
-    """Write one GGUF: the main file (`direct` is its type) or, with direct None, an MTP companion."""
-    writer = gguf.GGUFWriter(path, hp.name)
-    writer.add_name(ckpt.path.name)
-    summary = VocabSummary("", 0, 0, [])
-    if direct is None:
-        writer.add_type("mtp")
-        add_hyperparameters(writer, hp, hp.blocks + hp.mtp_blocks)
-        writer.add_nextn_predict_layers(hp.mtp_blocks)
-        writer.add_string(BASE_KEY, companion or "")
-    else:
-        writer.add_type(gguf.GGUFType.MODEL)
-        add_hyperparameters(writer, hp, hp.blocks)
-        writer.add_file_type(WRITTEN[direct][1])
-        if direct == "q8_0":
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        summary = add_tokenizer(writer, ckpt.path, hp.vocab)
-        if companion is not None:
-            writer.add_string(COMPANION_KEY, companion)
-            writer.add_uint32(HEADS_KEY, hp.mtp_blocks)
-    for t in tensors:
-        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    assert writer.fout is not None
-    fout = writer.fout[0]
-    total, done = sum(t.nbytes for t in tensors), 0
-    phase = "export" if direct is not None else "mtp heads"
-    for t in tensors:
-        writer.write_padding(fout, fout.tell())
-        written = _write_tensor(fout, t, ckpt, hp, adapter)
-        if written != t.nbytes:  # our arithmetic against gguf's: never a silently corrupt file
-            raise QuantError(f"internal error: {t.name} wrote {written} bytes, expected {t.nbytes}", "report this bug")
-        writer.write_padding(fout, t.nbytes)
-        done += t.nbytes
-        if progress is not None:
-            progress(phase, done, total)
-    fout.flush()
-    os.fsync(fout.fileno())
-    fout.close()
-    return summary
-
-
-def _write_tensor(fout: BinaryIO, t: _Out, ckpt: Checkpoint, hp: Hyper, adapter: Adapter | None) -> int:
-    if t.data is not None:
-        return fout.write(_encode(t.data, t.qtype))
-    assert t.plan is not None
-    ref = ckpt.tensors[t.plan.source]
-    pair = adapter.pairs.get(t.plan.source) if adapter is not None else None
-    a = pair.a.read() if pair is not None else None
-    b = pair.b.read() * adapter.scale if pair is not None and adapter is not None else None
-    group = hp.head_dim if t.plan.permute_heads else 1
-    written = 0
-    for start, stop in row_blocks(ref.rows, ref.row_elements * 4, group):
-        rows = ref.read_rows(start, stop)
-        if a is not None and b is not None:
-            rows = rows + b[start:stop] @ a
-        if t.plan.permute_heads:
-            rows = to_llama_rotary(rows, hp.head_dim)
-        written += fout.write(_encode(rows, t.qtype))
-    return written
-
-
-def _encode(rows: np.ndarray[Any, Any], qtype: Q) -> bytes:
-    if qtype == Q.F32:
-        return rows.astype("<f4", copy=False).tobytes()
-    if qtype == Q.F16:
-        return rows.astype("<f2").tobytes()
-    return bytes(gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype).tobytes())

@@ -8,11 +8,26 @@ alpha / r (alpha / sqrt(r) with rsLoRA), as PEFT computes it.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from quant.checkpoint import TensorRef, load_json, read_safetensors_header, safetensors_files
+import gguf
+import numpy as np
+
+from quant.architectures import plan_tensors, read_hyper, to_llama_rotary
+from quant.checkpoint import (
+    Checkpoint,
+    TensorRef,
+    load_json,
+    open_checkpoint,
+    read_safetensors_header,
+    safetensors_files,
+)
 from quant.errors import QuantError
+from quant.gguf_out import OutTensor, hidden_partial, write_gguf
 
 _PREFIX = "base_model.model."
 
@@ -67,3 +82,81 @@ def open_adapter(path: Path) -> Adapter:
         raise QuantError(f"{path} holds no LoRA factors", "is it a complete adapter?")
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     return Adapter(path, rank, alpha, scale, pairs)
+
+
+def export_adapter(adapter_dir: Path, base: Path, output: Path, type_name: str = "f32") -> int:
+    """Write the adapter alone as a GGUF LoRA adapter llama.cpp loads over the base's export
+    (`Llama(lora_path=...)`); returns the number of factor pairs written.
+
+    Tensors are `<base tensor>.lora_a` (rank x in) and `.lora_b` (out x rank), B permuted like the
+    base's llama q/k rows. llama.cpp scales by alpha / rank, so an rsLoRA adapter (alpha / sqrt(rank))
+    is written with alpha * sqrt(rank).
+    """
+    kinds = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "bf16": gguf.GGMLQuantizationType.BF16,
+    }
+    if type_name not in kinds:
+        raise QuantError(f"an adapter is exported as f32, f16 or bf16, not {type_name}", "give --type f32, f16 or bf16")
+    adapter = open_adapter(adapter_dir)
+    ckpt = open_checkpoint(base)
+    hp = read_hyper(ckpt)
+    check_adapter(adapter, ckpt)
+    plans = {p.source: p for p in plan_tensors(ckpt, hp)}
+    tensors = []
+    for source, plan in plans.items():
+        pair = adapter.pairs.get(source)
+        if pair is None:
+            continue
+        tensors.append(OutTensor(f"{plan.gguf_name}.lora_a", kinds[type_name], pair.a.shape, _whole(pair.a, 0, 0)))
+        tensors.append(
+            OutTensor(
+                f"{plan.gguf_name}.lora_b",
+                kinds[type_name],
+                pair.b.shape,
+                _whole(pair.b, plan.permute_heads, hp.head_dim),
+            )
+        )
+    partial = hidden_partial(output)
+    writer = gguf.GGUFWriter(partial, hp.name)
+    writer.add_name(adapter_dir.name)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, adapter.scale * adapter.rank)
+    try:
+        write_gguf(writer, tensors, None, "adapter")
+        os.replace(partial, output)
+    except OSError as exc:
+        raise QuantError(
+            f"cannot write {output} ({exc.strerror or exc})", "free disk space or give a writable path"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return len(tensors) // 2
+
+
+def _whole(ref: TensorRef, permute_heads: int, head_dim: int) -> Callable[[], Iterator[np.ndarray[Any, Any]]]:
+    """A small tensor (a LoRA factor) in one block, B's rows permuted like the base's llama q/k."""
+
+    def blocks() -> Iterator[np.ndarray[Any, Any]]:
+        rows = ref.read()
+        yield to_llama_rotary(rows, head_dim) if permute_heads else rows
+
+    return blocks
+
+
+def check_adapter(adapter: Adapter, ckpt: Checkpoint) -> None:
+    """Every factor pair must target a tensor of the base with the shape B @ A makes."""
+    for name, pair in adapter.pairs.items():
+        base = ckpt.tensors.get(name)
+        if base is None:
+            raise QuantError(
+                f"adapter {adapter.path} targets {name}, which {ckpt.path} does not have",
+                "pair the adapter with its base",
+            )
+        if (pair.b.shape[0], pair.a.shape[1]) != base.shape:
+            raise QuantError(
+                f"adapter factors for {name} make {[pair.b.shape[0], pair.a.shape[1]]}, the base tensor is {list(base.shape)}",
+                "pair the adapter with its base",
+            )

@@ -96,6 +96,7 @@ class GGUFSummary:
     tags_in_vocab: frozenset[str]  # AutoThink tags (gate.KAT_TAGS) that are single tokens in the vocabulary
     fim_tokens: tuple[str, str, str] | None  # fill-in-the-middle (prefix, suffix, middle) tokens
     mtp_heads: int  # multi-token-prediction heads, 0 if none
+    mtp_companion: str | None  # the file holding them, when not this one (`katpilot quant export`)
     metadata: dict[str, object]  # scalar and string metadata; arrays as "[TYPE x n]"
     tensor_count: int = 0
 
@@ -108,6 +109,13 @@ class GGUFSummary:
         """
         template = self.chat_template or ""
         return self.tags_in_vocab | {tag for tag in KAT_TAGS if tag in template}
+
+    def companion_status(self) -> str | None:
+        """Where this model's MTP heads are, when a companion file holds them, and whether it is there."""
+        if self.mtp_companion is None:
+            return None
+        found = (self.path.parent / self.mtp_companion).is_file()
+        return f"{self.mtp_companion} ({'present' if found else 'missing: export the checkpoint again'})"
 
     def model_info(self, profile: str) -> dict[str, object]:
         """The fields `katpilot models info` shows (its `--json` shape), in display order.
@@ -126,6 +134,7 @@ class GGUFSummary:
             "profile": profile,
             "autothink_tags": sorted(self.autothink_tags),
             "mtp_heads": self.mtp_heads,
+            "mtp_companion": self.companion_status(),
             "chat_template": self.chat_template,
         }
 
@@ -135,7 +144,7 @@ def format_model_info(info: Mapping[str, object]) -> str:
     chat template indented (it is long and multi-line, so it comes last)."""
     lines = []
     for key, value in info.items():
-        if key == "chat_template":
+        if key == "chat_template" or (key == "mtp_companion" and value is None):
             continue
         if key == "parameters" and isinstance(value, (int, float)):
             value = f"{value / 1e6:.1f}M"
@@ -471,9 +480,15 @@ def _fim_tokens(meta: _Metadata, vocab: set[bytes]) -> tuple[str, str, str] | No
 _FIRST_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
+# Written by `katpilot quant export` into a main file whose MTP heads are in a companion GGUF
+# (llama.cpp refuses llama/qwen files with tensors it does not expect, and ignores unknown keys).
+MTP_COMPANION_KEY, MTP_HEADS_KEY = "katpilot.mtp.companion", "katpilot.mtp.heads"
+
+
 def _mtp_heads(meta: _Metadata, arch: str, tensors: list[_Tensor]) -> int:
-    """<arch>.nextn_predict_layers if set, else the number of blocks holding nextn/mtp tensors."""
-    declared = meta.get_int(_KEYS.LLM.NEXTN_PREDICT_LAYERS.format(arch=arch))
+    """The companion's head count, <arch>.nextn_predict_layers, or the blocks holding nextn/mtp tensors."""
+    declared = meta.get_int(MTP_HEADS_KEY) if meta.get_str(MTP_COMPANION_KEY) else None
+    declared = declared if declared is not None else meta.get_int(_KEYS.LLM.NEXTN_PREDICT_LAYERS.format(arch=arch))
     if declared is not None:
         return declared
     blocks = set()
@@ -534,6 +549,7 @@ def _summarise(path: Path, size: int, parsed: _Parsed) -> GGUFSummary:
         tags_in_vocab=frozenset(tag for tag in KAT_TAGS if tag.encode() in vocab),
         fim_tokens=_fim_tokens(meta, vocab),
         mtp_heads=_mtp_heads(meta, arch, tensors),
+        mtp_companion=meta.get_str(MTP_COMPANION_KEY),
         metadata=meta.values,
         tensor_count=len(tensors),
     )

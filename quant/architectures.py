@@ -186,7 +186,7 @@ def expected_shapes(hp: Hyper, block: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _mtp_shapes(hp: Hyper, block: int) -> dict[str, tuple[int, ...]]:
+def mtp_shapes(hp: Hyper, block: int) -> dict[str, tuple[int, ...]]:
     p = f"model.layers.{block}."
     return {
         p + "eh_proj.weight": (hp.hidden, 2 * hp.hidden),
@@ -208,7 +208,7 @@ def plan_tensors(ckpt: Checkpoint, hp: Hyper) -> list[TensorPlan]:
     for block in range(total):
         expected |= expected_shapes(hp, block)
         if block >= hp.blocks:
-            expected |= _mtp_shapes(hp, block)
+            expected |= mtp_shapes(hp, block)
     optional_mtp = {"shared_head.norm.weight", "shared_head.head.weight", "embed_tokens.weight"}
     plans = []
     for source, shape in expected.items():
@@ -220,13 +220,13 @@ def plan_tensors(ckpt: Checkpoint, hp: Hyper) -> list[TensorPlan]:
                 f"tensor {source} has shape {list(ref.shape)}, the config says {list(shape)}",
                 "the checkpoint and its config.json do not match",
             )
-        plans.append(_plan(source, shape, hp, names))
+        plans.append(plan_for(source, shape, hp, names))
     for source, ref in ckpt.tensors.items():
         if source in expected or source == "lm_head.weight":
             continue
         layer = _LAYER.match(source)
         if layer and int(layer.group(1)) >= hp.blocks and f"{layer.group(2)}.{layer.group(3)}" in optional_mtp:
-            plans.append(_plan(source, ref.shape, hp, names))
+            plans.append(plan_for(source, ref.shape, hp, names))
         elif source.endswith("rotary_emb.inv_freq"):
             continue  # a buffer some older checkpoints saved; llama.cpp computes it
         else:
@@ -236,7 +236,7 @@ def plan_tensors(ckpt: Checkpoint, hp: Hyper) -> list[TensorPlan]:
     return plans
 
 
-def _plan(source: str, shape: tuple[int, ...], hp: Hyper, names: gguf.TensorNameMap) -> TensorPlan:
+def plan_for(source: str, shape: tuple[int, ...], hp: Hyper, names: gguf.TensorNameMap) -> TensorPlan:
     layer = _LAYER.match(source)
     mtp = bool(layer) and int(layer.group(1)) >= hp.blocks  # type: ignore[union-attr]
     if layer and mtp and layer.group(2) in _NEXTN:

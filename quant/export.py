@@ -29,6 +29,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from katpilot.gguf_file import MTP_COMPANION_KEY, MTP_HEADS_KEY
 from quant.architectures import (
     Hyper,
     TensorPlan,
@@ -54,7 +55,7 @@ WRITTEN: dict[str, tuple[Q, gguf.LlamaFileType]] = {
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 _SOURCE = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "F64": Q.F32}
-COMPANION_KEY, HEADS_KEY, BASE_KEY = "katpilot.mtp.companion", "katpilot.mtp.heads", "katpilot.mtp.base"
+BASE_KEY = "katpilot.mtp.base"  # in the companion: the main file it belongs to
 
 
 @dataclass
@@ -210,8 +211,8 @@ def _main_metadata(
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     summary = add_tokenizer(writer, ckpt.path, hp.vocab)
     if companion is not None:
-        writer.add_string(COMPANION_KEY, companion)
-        writer.add_uint32(HEADS_KEY, hp.mtp_blocks)
+        writer.add_string(MTP_COMPANION_KEY, companion)
+        writer.add_uint32(MTP_HEADS_KEY, hp.mtp_blocks)
     return summary
 
 

@@ -98,7 +98,9 @@ def copy_tokenizer(source: Path, dest: Path) -> None:
             shutil.copy(source / name, dest / name)
 
 
-def tiny_checkpoint(arch: str, tokenizer_from: Path, dest: Path, seed: int = 0, **overrides: Any) -> Path:
+def tiny_checkpoint(
+    arch: str, tokenizer_from: Path, dest: Path, seed: int = 0, bf16: bool = False, **overrides: Any
+) -> Path:
     """A tiny random model of `arch` (2 blocks) with a real tokenizer, saved by transformers."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -126,6 +128,8 @@ def tiny_checkpoint(arch: str, tokenizer_from: Path, dest: Path, seed: int = 0, 
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, 0.08)
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(dest)
     copy_tokenizer(tokenizer_from, dest)
     return dest
@@ -170,3 +174,33 @@ def greedy_hf(checkpoint: Path, prompts: list[list[int]], n: int) -> list[list[i
             full = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=2)[0].tolist()
             out.append(full[len(ids) :])
     return out
+
+
+def add_mtp_heads(checkpoint: Path, depth: int = 1, seed: int = 1) -> dict[str, Any]:
+    """Append `depth` MTP blocks in DeepSeek-V3's layout (what katpilot train writes); returns them."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    path = checkpoint / "model.safetensors"
+    tensors = load_file(path)
+    config = json.loads((checkpoint / "config.json").read_text())
+    blocks, hidden = config["num_hidden_layers"], config["hidden_size"]
+    template = {k.split(f"layers.{blocks - 1}.", 1)[1]: v for k, v in tensors.items() if f"layers.{blocks - 1}." in k}
+    dtype = next(iter(template.values())).dtype  # the checkpoint's own precision
+    added = {}
+    for k in range(depth):
+        prefix = f"model.layers.{blocks + k}."
+        block = dict(template) | {
+            "eh_proj.weight": torch.empty(hidden, 2 * hidden),
+            "enorm.weight": torch.empty(hidden),
+            "hnorm.weight": torch.empty(hidden),
+            "shared_head.norm.weight": torch.empty(hidden),
+        }
+        for name, value in block.items():
+            added[prefix + name] = torch.randn(value.shape, generator=generator).to(dtype)
+    tensors |= added
+    save_file(tensors, path, metadata={"format": "pt"})
+    config["num_nextn_predict_layers"] = depth
+    (checkpoint / "config.json").write_text(json.dumps(config, indent=2))
+    return added

@@ -105,6 +105,7 @@ def test_model_info_of_the_embedded_model(model_path: Path) -> None:
         "profile",
         "autothink_tags",
         "mtp_heads",
+        "mtp_companion",
         "chat_template",
     ]
     assert (info["architecture"], info["quantization"], info["profile"], info["autothink_tags"]) == (

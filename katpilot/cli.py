@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -512,6 +513,95 @@ def quant_quantize(
         f"wrote {report.output} ({report.type}, {report.output_bytes / mib:.1f} MiB from {report.input_bytes / mib:.1f} MiB"
         f" in {report.seconds:.1f} s)"
     )
+
+
+@quant_app.command("export")
+def quant_export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A Hugging Face checkpoint directory, or a PEFT LoRA adapter directory.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The GGUF to write (written whole, or not at all).")],
+    type_name: Annotated[str, typer.Option("--type", help="f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, ...")] = "f16",
+    lora: Annotated[Path | None, typer.Option(help="A LoRA adapter to merge into the checkpoint.")] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="For an adapter: its base checkpoint (default: the adapter's base_model_name_or_path)."),
+    ] = None,
+    merge: Annotated[
+        bool, typer.Option(help="For an adapter: merge it into its base instead of exporting it alone.")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="Quantizer threads; default: all.")] = None,
+) -> None:
+    """Export a checkpoint (with its MTP heads, or merged with a LoRA) or a LoRA adapter to GGUF."""
+    from quant.lora import adapter_base, export_adapter
+
+    if (checkpoint / "adapter_config.json").is_file():
+        base_dir = base or adapter_base(checkpoint)
+        if not merge:
+            pairs = export_adapter(checkpoint, base_dir, out, type_name)
+            typer.echo(
+                f"wrote {out} (LoRA adapter, {pairs} layers, {type_name}); load it over {base_dir.name}'s export"
+            )
+            return
+        checkpoint, lora = base_dir, checkpoint
+    report = _with_bar(
+        "export", lambda progress: _export(checkpoint, out, type_name, lora=lora, threads=threads, progress=progress)
+    )
+    for notice in report.notices:
+        typer.echo(f"katpilot: {notice}", err=True)
+    extra = f", MTP heads: {report.companion} ({report.mtp_heads})" if report.companion else ""
+    merged = f", merged {report.merged_lora}" if report.merged_lora else ""
+    typer.echo(
+        f"wrote {report.output} ({report.architecture}, {report.type}, {report.tensors} tensors, "
+        f"{report.output_bytes / 2**20:.1f} MiB, pre-tokenizer {report.pre_tokenizer}{merged}{extra}) in {report.seconds:.1f} s"
+    )
+
+
+def _export(checkpoint: Path, out: Path, type_name: str, **kwargs: Any) -> Any:
+    from quant.export import export_checkpoint
+
+    return export_checkpoint(checkpoint, out, type_name, **kwargs)
+
+
+def _with_bar(label: str, work: Callable[[Callable[[str, int, int], None] | None], Any]) -> Any:
+    """Run `work(progress)` with a byte/tensor progress bar per phase on a terminal, none otherwise."""
+    if not sys.stderr.isatty():
+        return work(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    ) as bar:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        return work(progress)
+
+
+@quant_app.command("check")
+def quant_check(
+    model: Annotated[Path, typer.Argument(help="The GGUF to check.")],
+    against: Annotated[Path, typer.Option("--against", help="The checkpoint it was exported from.")],
+) -> None:
+    """Compare a GGUF with its checkpoint: hyperparameters, every tensor, the tokenizer."""
+    from quant.check import check_export
+
+    report = check_export(model, against)
+    for line in report.lines:
+        typer.echo(f"ok  {line}")
+    for line in report.failures:
+        typer.echo(f"BAD {line}")
+    if not report.ok:
+        raise typer.Exit(2)
 
 
 RepoArg = Annotated[Path, typer.Argument(help="The repository's root directory.")]

@@ -84,6 +84,17 @@ def open_adapter(path: Path) -> Adapter:
     return Adapter(path, rank, alpha, scale, pairs)
 
 
+def adapter_base(adapter_dir: Path) -> Path:
+    """The adapter's base checkpoint as its config names it, when that is a local directory."""
+    named = str(load_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path") or "")
+    if named and Path(named).is_dir():
+        return Path(named)
+    raise QuantError(
+        f"the base of adapter {adapter_dir} ({named or 'not named'}) is not a local checkpoint directory",
+        "give it with --base DIR",
+    )
+
+
 def export_adapter(adapter_dir: Path, base: Path, output: Path, type_name: str = "f32") -> int:
     """Write the adapter alone as a GGUF LoRA adapter llama.cpp loads over the base's export
     (`Llama(lora_path=...)`); returns the number of factor pairs written.

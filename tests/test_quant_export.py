@@ -3,7 +3,11 @@ llama.cpp, tiny qwen2 / qwen3 / llama models from configs, tokenizers token for 
 
 from __future__ import annotations
 
+import errno
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +21,14 @@ from quant_helpers import (
     MIXED_TEXT,
     QWEN2_PRE,
     SMOLLM_PRE,
+    add_mtp_heads,
     logits_hf,
     logits_llama,
     set_pre_tokenizer,
     tiny_checkpoint,
 )
 
+from quant.errors import QuantError
 from quant.export import export_checkpoint
 from quant.vocab import pre_tokenizer_name
 
@@ -142,3 +148,111 @@ def _vocab_only_gguf(checkpoint: Path, out: Path) -> Path:
     writer.write_ti_data_to_file()
     writer.close()
     return out
+
+
+def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
+    """A tiny llama checkpoint, broken one way."""
+    ckpt = tiny_checkpoint("llama", smol_checkpoint, tmp_path / name)
+    config = json.loads((ckpt / "config.json").read_text())
+    if name == "missing-tensor":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(ckpt / "model.safetensors")
+        del tensors["model.layers.1.mlp.up_proj.weight"]
+        save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    elif name == "wrong-shape":
+        config["intermediate_size"] = 96
+    elif name == "unknown-architecture":
+        config["model_type"] = "gpt_neox"
+    elif name == "unknown-pre-tokenizer":
+        set_pre_tokenizer(ckpt, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"})
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("missing-tensor", "has no tensor model.layers.1.mlp.up_proj.weight"),
+        ("wrong-shape", "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], the config says [96, 64]"),
+        ("unknown-architecture", "architecture 'gpt_neox'"),
+        ("unknown-pre-tokenizer", "unknown pre-tokenizer (Metaspace)"),
+    ],
+)
+def test_a_broken_checkpoint_is_one_line_exit_2_and_no_file(
+    smol_checkpoint: Path, tmp_path: Path, name: str, says: str
+) -> None:
+    ckpt = _broken(tmp_path, smol_checkpoint, name)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "katpilot",
+            "quant",
+            "export",
+            str(ckpt),
+            "--out",
+            str(out / "m.gguf"),
+            "--type",
+            "q4_k_m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_full_disk_leaves_no_file_behind(
+    smol_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import quant.gguf_out
+
+    ckpt = tiny_checkpoint("qwen3", smol_checkpoint, tmp_path / "ckpt")
+    add_mtp_heads(ckpt)
+    real, calls = quant.gguf_out.encode, [0]
+
+    def fill_up(rows: Any, qtype: Any) -> bytes:  # the disk fills up part-way through the main file
+        calls[0] += 1
+        if calls[0] > 30:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(rows, qtype)
+
+    monkeypatch.setattr(quant.gguf_out, "encode", fill_up)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QuantError, match="the disk is full: cannot write"):
+        export_checkpoint(ckpt, out / "m.gguf", "q8_0")
+    assert list(out.iterdir()) == []
+
+
+def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint("qwen2", smol_checkpoint, tmp_path / "ckpt")
+    out = tmp_path / "m.gguf"
+    run = [sys.executable, "-m", "katpilot", "quant"]
+    done = subprocess.run(
+        [*run, "export", str(ckpt), "--out", str(out), "--type", "q4_k_m"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {out} (qwen2, q4_k_m, ") and "pre-tokenizer smollm" in done.stdout
+    assert "fell back" in done.stderr  # 64 columns: K-quants need 256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]  # the f32 intermediate is gone
+    checked = subprocess.run(
+        [*run, "check", str(out), "--against", str(ckpt)], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok  tokenizer: llama.cpp and Hugging Face agree" in checked.stdout
+    # A file that is not what the checkpoint holds: another random model of the same shape.
+    other = tiny_checkpoint("qwen2", smol_checkpoint, tmp_path / "other", seed=5)
+    export_checkpoint(other, tmp_path / "other.gguf", "f16")
+    wrong = subprocess.run(
+        [*run, "check", str(tmp_path / "other.gguf"), "--against", str(ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode == 2 and "BAD blk.0.attn_q.weight (F16): relative error" in wrong.stdout

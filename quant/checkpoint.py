@@ -24,6 +24,7 @@ from quant.errors import QuantError
 
 _DTYPES: dict[str, tuple[str, int]] = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
 _MAX_HEADER = 100 * 2**20
+BLOCK_BYTES = 32 * 2**20  # float32 bytes per row block: an export's working set is a few of these
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,33 @@ class TensorRef:
         values = (raw.astype(np.uint32) << 16).view(np.float32) if self.dtype == "BF16" else raw.astype(np.float32)
         shape = (stop - start, *self.shape[1:]) if len(self.shape) > 1 else (stop - start,)
         return values.reshape(shape)
+
+    def blocks(self, group: int = 1, budget: int = BLOCK_BYTES) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
+        """(start, stop, rows as float32) blocks of whole `group`s of rows, read into buffers that
+        are reused: each block is overwritten by the next, so use it (or copy it) before asking for
+        more. Reusing them saves a fresh allocation, and its page faults, per block."""
+        code, size = _DTYPES[self.dtype]
+        per_row = self.row_elements
+        spans = list(row_blocks(self.rows, per_row * 4, group, budget))
+        most = max((stop - start) * per_row for start, stop in spans) if spans else 0
+        raw = np.empty(most, dtype=code)
+        wide = raw if self.dtype == "F32" else np.empty(most, dtype=np.float32)
+        with open(self.file, "rb") as handle:
+            for start, stop in spans:
+                count = (stop - start) * per_row
+                target = raw[:count].data.cast("B")
+                if os.preadv(handle.fileno(), [target], self.offset + start * per_row * size) != count * size:
+                    raise QuantError(
+                        f"{self.file} ends inside tensor {self.name}", "the file is truncated: copy it again"
+                    )
+                if self.dtype == "BF16":  # bf16 is the top half of a float32
+                    bits = wide[:count].view(np.uint32)
+                    np.copyto(bits, raw[:count])
+                    np.left_shift(bits, 16, out=bits)
+                elif self.dtype != "F32":
+                    np.copyto(wide[:count], raw[:count], casting="unsafe")
+                shape = (stop - start, *self.shape[1:]) if len(self.shape) > 1 else (stop - start,)
+                yield start, stop, wide[:count].reshape(shape)
 
     def read(self) -> np.ndarray[Any, Any]:
         """The whole tensor as float32 (for small tensors: norms, LoRA factors)."""
@@ -161,7 +189,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, config, tensors)
 
 
-def row_blocks(rows: int, row_bytes: int, group: int = 1, budget: int = 32 * 2**20) -> Iterator[tuple[int, int]]:
+def row_blocks(rows: int, row_bytes: int, group: int = 1, budget: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
     """[start, stop) blocks of about `budget` bytes (float32), each a multiple of `group` rows."""
     per_block = max(group, (budget // max(row_bytes, 1)) // group * group)
     for start in range(0, rows, per_block):

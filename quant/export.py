@@ -39,9 +39,9 @@ from quant.architectures import (
     read_hyper,
     to_llama_rotary,
 )
-from quant.checkpoint import Checkpoint, open_checkpoint, row_blocks
+from quant.checkpoint import Checkpoint, open_checkpoint
 from quant.errors import QuantError
-from quant.gguf_out import OutTensor, Progress, hidden_partial, write_gguf
+from quant.gguf_out import OutTensor, Progress, Writer, hidden_partial, write_gguf
 from quant.lora import Adapter, check_adapter, open_adapter
 from quant.quantize import TYPES, quantize
 from quant.vocab import VocabSummary, add_tokenizer
@@ -113,12 +113,12 @@ def export_checkpoint(
         if companion is not None:
             partials.append(hidden_partial(companion))
             mtp = [_tensor(ckpt, hp, p, _SOURCE[ckpt.tensors[p.source].dtype], adapter) for p in heads]
-            writer = gguf.GGUFWriter(partials[-1], hp.name)
+            writer = Writer(partials[-1], hp.name)
             _companion_metadata(writer, ckpt, hp, output.name)
             write_gguf(writer, mtp, progress, "mtp heads")
         first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
         partials.append(hidden_partial(first))
-        writer = gguf.GGUFWriter(partials[-1], hp.name)
+        writer = Writer(partials[-1], hp.name)
         vocab = _main_metadata(writer, ckpt, hp, direct, companion.name if companion else None)
         write_gguf(writer, main, progress, "export")
         if kind in WRITTEN:
@@ -191,8 +191,7 @@ def _tensor(ckpt: Checkpoint, hp: Hyper, plan: TensorPlan, qtype: Q, adapter: Ad
     def blocks() -> Iterator[np.ndarray[Any, Any]]:
         a = pair.a.read() if pair is not None else None
         b = pair.b.read() * adapter.scale if pair is not None and adapter is not None else None
-        for start, stop in row_blocks(ref.rows, ref.row_elements * 4, group):
-            rows = ref.read_rows(start, stop)
+        for start, stop, rows in ref.blocks(group):
             if a is not None and b is not None:
                 rows = rows + b[start:stop] @ a
             yield to_llama_rotary(rows, hp.head_dim) if plan.permute_heads else rows

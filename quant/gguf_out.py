@@ -9,6 +9,7 @@ exports in the memory of one block.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,29 @@ from quant.errors import QuantError
 Q = gguf.GGMLQuantizationType
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 Blocks = Callable[[], Iterator[np.ndarray[Any, Any]]]
+
+
+class Writer(gguf.GGUFWriter):
+    """GGUFWriter whose long metadata arrays (a vocabulary: ~50k tokens, ~50k merges, their types)
+    are packed in one join instead of one struct call per item: 0.7 s less per export of SmolLM2,
+    the same bytes (tests/test_quant_export.py compares them with GGUFWriter's)."""
+
+    def _pack_val(
+        self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: gguf.GGUFValueType | None = None
+    ) -> bytes:
+        fast = vtype == gguf.GGUFValueType.ARRAY and self.endianess == gguf.GGUFEndian.LITTLE
+        if not (fast and isinstance(val, list) and len(val) >= 256):
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        head = struct.pack("<I", vtype) if add_vtype else b""
+        if sub_type in (None, gguf.GGUFValueType.STRING) and all(type(v) is str for v in val):
+            items = [v.encode("utf-8") for v in val]
+            body = b"".join(len(e).to_bytes(8, "little") + e for e in items)
+            return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(val)) + body
+        ints = {None: "<i4", gguf.GGUFValueType.INT32: "<i4", gguf.GGUFValueType.UINT32: "<u4"}
+        if sub_type in ints and all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            kind = sub_type or gguf.GGUFValueType.INT32
+            return head + struct.pack("<IQ", kind, len(val)) + np.asarray(val, ints[sub_type]).tobytes()
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 @dataclass(frozen=True)
@@ -38,13 +62,23 @@ class OutTensor:
         return int(np.prod(gguf.quants.quant_shape_to_byte_shape(self.shape, self.qtype)))
 
 
-def encode(rows: np.ndarray[Any, Any], qtype: Q) -> bytes:
-    """Float32 rows in `qtype`'s bytes (row-wise types only: blocks never straddle rows)."""
-    if qtype == Q.F32:
-        return rows.astype("<f4", copy=False).tobytes()
-    if qtype == Q.F16:
-        return rows.astype("<f2").tobytes()
-    return bytes(gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype).tobytes())
+class Encoder:
+    """Float32 rows to a type's bytes, into a scratch buffer reused from block to block (row-wise
+    types only: their blocks never straddle rows)."""
+
+    def __init__(self) -> None:
+        self._scratch = np.empty(0, dtype="<f2")
+
+    def __call__(self, rows: np.ndarray[Any, Any], qtype: Q) -> memoryview | bytes:
+        if qtype == Q.F32:
+            return np.ascontiguousarray(rows, dtype="<f4").data.cast("B")
+        if qtype == Q.F16:
+            if self._scratch.size < rows.size:
+                self._scratch = np.empty(rows.size, dtype="<f2")
+            half = self._scratch[: rows.size].reshape(rows.shape)
+            np.copyto(half, rows, casting="same_kind")
+            return half.data.cast("B")
+        return bytes(gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype).tobytes())
 
 
 def hidden_partial(path: Path, tag: str = "partial") -> Path:
@@ -64,6 +98,7 @@ def write_gguf(
     assert writer.fout is not None
     fout = writer.fout[0]
     total, done = sum(t.nbytes for t in tensors), 0
+    encode = Encoder()
     try:
         for t in tensors:
             writer.write_padding(fout, fout.tell())

@@ -27,7 +27,7 @@ from quant.checkpoint import (
     safetensors_files,
 )
 from quant.errors import QuantError
-from quant.gguf_out import OutTensor, hidden_partial, write_gguf
+from quant.gguf_out import OutTensor, Writer, hidden_partial, write_gguf
 
 _PREFIX = "base_model.model."
 
@@ -130,7 +130,7 @@ def export_adapter(adapter_dir: Path, base: Path, output: Path, type_name: str =
             )
         )
     partial = hidden_partial(output)
-    writer = gguf.GGUFWriter(partial, hp.name)
+    writer = Writer(partial, hp.name)
     writer.add_name(adapter_dir.name)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -214,15 +214,15 @@ def test_a_full_disk_leaves_no_file_behind(
 
     ckpt = tiny_checkpoint("qwen3", smol_checkpoint, tmp_path / "ckpt")
     add_mtp_heads(ckpt)
-    real, calls = quant.gguf_out.encode, [0]
+    real, calls = quant.gguf_out.Encoder.__call__, [0]
 
-    def fill_up(rows: Any, qtype: Any) -> bytes:  # the disk fills up part-way through the main file
+    def fill_up(self: Any, rows: Any, qtype: Any) -> Any:  # the disk fills up part-way through the main file
         calls[0] += 1
         if calls[0] > 30:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(rows, qtype)
+        return real(self, rows, qtype)
 
-    monkeypatch.setattr(quant.gguf_out, "encode", fill_up)
+    monkeypatch.setattr(quant.gguf_out.Encoder, "__call__", fill_up)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(QuantError, match="the disk is full: cannot write"):
@@ -256,3 +256,23 @@ def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path:
         timeout=120,
     )
     assert wrong.returncode == 2 and "BAD blk.0.attn_q.weight (F16): relative error" in wrong.stdout
+
+
+def test_our_fast_metadata_packing_writes_gguf_writers_exact_bytes(smol_checkpoint: Path, tmp_path: Path) -> None:
+    import gguf
+
+    from quant.gguf_out import Writer
+    from quant.vocab import add_tokenizer
+
+    files = []
+    for kind in (gguf.GGUFWriter, Writer):
+        path = tmp_path / f"{kind.__name__}.gguf"
+        writer = kind(path, "llama")
+        writer.add_block_count(30)
+        add_tokenizer(writer, smol_checkpoint, 49152)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        files.append(path.read_bytes())
+    assert files[0] == files[1]

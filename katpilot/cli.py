@@ -488,9 +488,15 @@ def quant_quantize(
         str, typer.Argument(metavar="TYPE", help="q8_0, q6_k, q5_k_m, q4_k_m, f16, ... (see docs/quant.md).")
     ],
     threads: Annotated[int | None, typer.Option(help="Threads; default: all.")] = None,
+    imatrix: Annotated[
+        Path | None, typer.Option(help="An importance matrix file (llama.cpp's imatrix GGUF, or katpilot's).")
+    ] = None,
 ) -> None:
     """Quantize a GGUF to another type; says which tensors fell back to another type, and why."""
+    from quant.imatrix import load_imatrix
     from quant.quantize import quantize
+
+    matrix = load_imatrix(imatrix) if imatrix is not None else None
 
     if sys.stderr.isatty():
         from rich.console import Console
@@ -502,10 +508,15 @@ def quant_quantize(
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("quantize", total=None)
             report = quantize(
-                source, output, type_name, threads=threads, progress=lambda d, t: bar.update(task, completed=d, total=t)
+                source,
+                output,
+                type_name,
+                threads=threads,
+                progress=lambda d, t: bar.update(task, completed=d, total=t),
+                imatrix=matrix,
             )
     else:
-        report = quantize(source, output, type_name, threads=threads)
+        report = quantize(source, output, type_name, threads=threads, imatrix=matrix)
     for notice in report.notices:
         typer.echo(f"katpilot: {notice}", err=True)
     mib = 2**20
@@ -530,9 +541,16 @@ def quant_export(
     merge: Annotated[
         bool, typer.Option(help="For an adapter: merge it into its base instead of exporting it alone.")
     ] = False,
+    imatrix: Annotated[
+        str, typer.Option(help="auto (computed from --calibration when the type uses one), a file, or none.")
+    ] = "auto",
+    calibration: Annotated[
+        Path, typer.Option(help="The repository the importance matrix is measured on (secrets withheld).")
+    ] = Path("."),
     threads: Annotated[int | None, typer.Option(help="Quantizer threads; default: all.")] = None,
 ) -> None:
     """Export a checkpoint (with its MTP heads, or merged with a LoRA) or a LoRA adapter to GGUF."""
+    from quant.imatrix import imatrix_for_export
     from quant.lora import adapter_base, export_adapter
 
     if (checkpoint / "adapter_config.json").is_file():
@@ -544,13 +562,24 @@ def quant_export(
             )
             return
         checkpoint, lora = base_dir, checkpoint
-    report = _with_bar(
-        "export", lambda progress: _export(checkpoint, out, type_name, lora=lora, threads=threads, progress=progress)
-    )
+
+    def work(progress: Callable[[str, int, int], None] | None) -> Any:
+        measured = (lambda done, total: progress("importance matrix", done, total)) if progress else None
+
+        def matrix() -> Any:  # called by the export once the checkpoint has passed its checks
+            found, notice = imatrix_for_export(imatrix, checkpoint, type_name.lower(), calibration, measured)
+            if notice:
+                typer.echo(f"katpilot: {notice}", err=True)
+            return found
+
+        return _export(checkpoint, out, type_name, lora=lora, imatrix=matrix, threads=threads, progress=progress)
+
+    report = _with_bar("export", work)
     for notice in report.notices:
         typer.echo(f"katpilot: {notice}", err=True)
     extra = f", MTP heads: {report.companion} ({report.mtp_heads})" if report.companion else ""
     merged = f", merged {report.merged_lora}" if report.merged_lora else ""
+    merged += f", importance matrix for {report.imatrix_entries} tensors" if report.imatrix_entries else ""
     typer.echo(
         f"wrote {report.output} ({report.architecture}, {report.type}, {report.tensors} tensors, "
         f"{report.output_bytes / 2**20:.1f} MiB, pre-tokenizer {report.pre_tokenizer}{merged}{extra}) in {report.seconds:.1f} s"

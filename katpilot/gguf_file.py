@@ -23,15 +23,17 @@ import re
 import stat
 import struct
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import gguf
 
 from katpilot.errors import ModelFileError
 from katpilot.gate import KAT_TAGS
+
+_T = TypeVar("_T")
 
 # Fill-in-the-middle token triples (prefix, suffix, middle) of the common code-model families, for
 # GGUFs written before the tokenizer.ggml.fim_*_token_id keys existed.
@@ -341,6 +343,7 @@ class _Tensor(NamedTuple):
     n_elements: int
     n_bytes: int
     offset: int  # from the start of the data section
+    shape: tuple[int, ...]  # ggml order: ne[0], a row's length, first
 
 
 def _read_tensor_info(cur: _Cursor) -> _Tensor:
@@ -366,7 +369,7 @@ def _read_tensor_info(cur: _Cursor) -> _Tensor:
     for d in dims:
         n_elements *= d
     offset = cur.u64()
-    return _Tensor(name, qtype.name, n_elements, n_elements // block_size * type_size, offset)
+    return _Tensor(name, qtype.name, n_elements, n_elements // block_size * type_size, offset, tuple(dims))
 
 
 def _read_tensor_infos(cur: _Cursor, count: int) -> list[_Tensor]:
@@ -613,8 +616,8 @@ def _regular_file_size(fd: int) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _parse_file(path: Path, fd: int, size: int) -> GGUFSummary:
-    """Map the file, check the magic, parse, check the data fits, interpret."""
+def _parse_file(path: Path, fd: int, size: int) -> _Parsed:
+    """Map the file, check the magic, parse, check the data fits."""
     if size == 0:
         raise ModelFileError(f"model file {path} is empty (0 bytes)", _FIX_RECOPY)
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
@@ -627,15 +630,36 @@ def _parse_file(path: Path, fd: int, size: int) -> GGUFSummary:
         parsed = _parse(buf, size)
     if size < parsed.expected_size:
         raise _Truncated(parsed.expected_size, exact=True)
-    return _summarise(path, size, parsed)
+    return parsed
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """A GGUF's metadata and tensor shapes, checked as `read_gguf` checks them, of any kind of GGUF
+    (a model, an adapter, an importance matrix): what `quant` needs without interpreting a model."""
+
+    metadata: dict[str, object]  # scalars and strings; arrays as "[TYPE x n]"
+    shapes: dict[str, tuple[int, ...]]  # ggml order: ne[0], a row's length, first
 
 
 def read_gguf(path: str | Path) -> GGUFSummary:
     """Parse and validate; raise ModelFileError with a one-line message on any problem."""
     path = Path(path).expanduser()
+    return _read(path, lambda parsed, size: _summarise(path, size, parsed))
+
+
+def read_gguf_header(path: str | Path) -> GGUFHeader:
+    """Parse and validate the header of any GGUF; one-line ModelFileError on any problem."""
+    return _read(
+        Path(path).expanduser(),
+        lambda parsed, size: GGUFHeader(dict(parsed.meta.values), {t.name: t.shape for t in parsed.tensors}),
+    )
+
+
+def _read(path: Path, interpret: Callable[[_Parsed, int], _T]) -> _T:
     fd, size = _open(path)
     try:
-        return _parse_file(path, fd, size)
+        return interpret(_parse_file(path, fd, size), size)
     except _Truncated as exc:
         bound = "" if exc.exact else "at least "
         raise ModelFileError(f"{path} is truncated ({size} of {bound}{exc.needed} bytes)", _FIX_RECOPY) from None

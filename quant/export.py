@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class ExportReport:
     companion: Path | None = None
     mtp_heads: int = 0
     merged_lora: Path | None = None
+    imatrix_entries: int = 0  # tensors llama.cpp quantized with the importance matrix
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> the type it got instead
     notices: list[str] = field(default_factory=list)
 
@@ -86,10 +87,14 @@ def export_checkpoint(
     type_name: str = "f16",
     *,
     lora: Path | None = None,
+    imatrix: Mapping[str, np.ndarray[Any, Any]] | Callable[[], Mapping[str, np.ndarray[Any, Any]] | None] | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> ExportReport:
-    """Export `checkpoint` (merged with the adapter at `lora`, if given) to `output` as `type_name`."""
+    """Export `checkpoint` (merged with the adapter at `lora`, if given) to `output` as `type_name`;
+    `imatrix` weights llama.cpp's rounding for the types that use one (`quant.imatrix`); given as a
+    function, it is called once the checkpoint has passed every check, so a broken checkpoint is
+    refused before minutes of calibration."""
     started = time.perf_counter()
     kind = type_name.lower()
     if kind not in TYPES:
@@ -103,6 +108,12 @@ def export_checkpoint(
     if not output.parent.is_dir():
         raise QuantError(f"{output.parent} is not a directory", "create it, or give another output path")
     direct = kind if kind in WRITTEN else _lossless(ckpt, plans)
+    matrix: Mapping[str, np.ndarray[Any, Any]] | None = None
+    if callable(imatrix):
+        add_tokenizer(Writer(None, hp.name), ckpt.path, hp.vocab)  # the tokenizer too is checked first
+        matrix = imatrix()
+    elif imatrix is not None:
+        matrix = imatrix
     report = ExportReport(output, kind, hp.arch, 0, 0, 0.0, "", [], merged_lora=lora)
     main = _main_tensors(ckpt, hp, plans, WRITTEN[direct][0], adapter, report.fallbacks)
     heads = [p for p in plans if p.mtp]
@@ -124,8 +135,11 @@ def export_checkpoint(
         if kind in WRITTEN:
             os.replace(partials[-1], output)
         else:
-            done = quantize(partials[-1], output, kind, threads=threads, progress=_tensor_progress(progress))
+            done = quantize(
+                partials[-1], output, kind, threads=threads, progress=_tensor_progress(progress), imatrix=matrix
+            )
             report.fallbacks |= done.fallbacks
+            report.imatrix_entries = done.imatrix_entries
             report.notices += [n for n in done.notices if "fell back" not in n]
         created.append(output)
         if companion is not None:

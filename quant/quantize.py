@@ -8,17 +8,24 @@ add around it:
   complete, so an interrupted or failed run never leaves a file that looks finished;
 - llama.cpp logs a line per tensor: it is collected while the quantizer runs
   (`llama_compat.llama_log_lines`), for a progress bar and for the tensors that fell back to
-  another type (K-quants need rows divisible by 256; small models such as SmolLM2 have 576).
+  another type (K-quants need rows divisible by 256; small models such as SmolLM2 have 576);
+- an importance matrix (`quant.imatrix`) is checked against the input's tensors first (a wrong
+  name or length is one line, not llama.cpp's exception), handed over as llama.cpp's
+  `llama_model_imatrix_data` array, and its use confirmed from llama.cpp's log.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from katpilot.engine.llama_compat import llama_log_lines
 from quant.errors import QuantError
@@ -44,6 +51,10 @@ TYPES: dict[str, str] = {
 _PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 _FALLBACK = re.compile(r"warning: (\S+)\s.*?falling back to\s+(\S+)")
 _UNQUANTIZED = ("F32", "F16", "BF16")
+_IMATRIX_TAKEN = re.compile(r"have importance matrix data with (\d+) entries")
+_IMATRIX_MISSING = re.compile(r"did not find weights for (\S+)")
+# Types whose quantization ignores an importance matrix (ggml's q8_0 rounds each value to nearest).
+_IMATRIX_IGNORED = ("f32", "f16", "bf16", "q8_0")
 
 
 @dataclass
@@ -55,6 +66,8 @@ class QuantizeReport:
     seconds: float
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> the type it got instead
     notices: list[str] = field(default_factory=list)
+    imatrix_entries: int = 0  # entries llama.cpp said it took (0: quantized without a matrix)
+    imatrix_missing: list[str] = field(default_factory=list)  # quantized tensors the matrix had no entry for
 
 
 def quantize(
@@ -64,8 +77,10 @@ def quantize(
     *,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    imatrix: Mapping[str, np.ndarray[Any, Any]] | None = None,
 ) -> QuantizeReport:
-    """Quantize `source` to `type_name` at `output` (atomically)."""
+    """Quantize `source` to `type_name` at `output` (atomically), weighting rounding errors by
+    `imatrix` (GGUF tensor name -> mean squared activation per input column) when given."""
     from katpilot.gguf_file import read_gguf
 
     kind = type_name.lower()
@@ -82,6 +97,12 @@ def quantize(
             f"{source.name} is already {summary.file_type}: requantizing keeps what that lost; "
             "quantize an f16 or f32 export for the best quality"
         )
+    if imatrix is not None:
+        from quant.imatrix import check_imatrix
+
+        check_imatrix(source, imatrix)
+        if kind in _IMATRIX_IGNORED:
+            notices.append(f"{kind} does not use an importance matrix: the result is the same without one")
     import llama_cpp
 
     llama_cpp.llama_backend_init()
@@ -89,6 +110,9 @@ def quantize(
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{TYPES[kind]}")
     params.allow_requantize = True
     params.nthread = threads or 0  # 0: llama.cpp's own choice (the hardware threads)
+    entries = _imatrix_entries(llama_cpp, imatrix) if imatrix is not None else None
+    if entries is not None:
+        params.imatrix = ctypes.cast(entries[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     started = time.perf_counter()
     lines: list[str] = []
@@ -105,6 +129,8 @@ def quantize(
         if status != 0 or not partial.is_file():
             last = next((ln for ln in reversed(lines) if ln.strip()), "no message")
             raise QuantError(f"llama.cpp could not quantize {source.name} to {kind}: {last.strip()}", "see the message")
+        if imatrix is not None and not any(_IMATRIX_TAKEN.search(ln) for ln in lines):
+            raise QuantError("llama.cpp did not take the importance matrix", "use llama-cpp-python 0.3.20 or newer")
         os.replace(partial, output)
     except OSError as exc:
         raise QuantError(f"cannot write {output} ({exc.strerror})", "free disk space or give a writable path") from None
@@ -117,6 +143,32 @@ def quantize(
             f"{len(fallbacks)} tensor(s) fell back to {', '.join(types)}: their rows are not divisible by 256, "
             f"which {kind} needs"
         )
-    return QuantizeReport(
+    report = QuantizeReport(
         output, kind, source.stat().st_size, output.stat().st_size, time.perf_counter() - started, fallbacks, notices
     )
+    if imatrix is not None:
+        report.imatrix_entries = max(int(m.group(1)) for ln in lines if (m := _IMATRIX_TAKEN.search(ln)))
+        report.imatrix_missing = sorted({m.group(1) for ln in lines if (m := _IMATRIX_MISSING.search(ln))})
+        if report.imatrix_missing:
+            notices.append(
+                f"{len(report.imatrix_missing)} tensor(s) had no importance-matrix entry and were quantized without "
+                f"one: {', '.join(report.imatrix_missing[:3])}{', ...' if len(report.imatrix_missing) > 3 else ''}"
+            )
+    return report
+
+
+def _imatrix_entries(llama_cpp: Any, imatrix: Mapping[str, np.ndarray[Any, Any]]) -> tuple[Any, list[Any]]:
+    """llama.cpp's array of {name, data, size} ended by a NULL name, and the buffers it points into
+    (kept referenced by the caller until the quantizer returns)."""
+    entry = llama_cpp.llama_model_imatrix_data
+    array = (entry * (len(imatrix) + 1))()
+    buffers: list[Any] = []
+    for i, (name, values) in enumerate(imatrix.items()):
+        data = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        encoded = name.encode()
+        buffers += [data, encoded]
+        array[i].name = encoded
+        array[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        array[i].size = data.size
+    array[len(imatrix)].name = None
+    return array, buffers

@@ -234,13 +234,16 @@ def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path:
     ckpt = tiny_checkpoint("qwen2", smol_checkpoint, tmp_path / "ckpt")
     out = tmp_path / "m.gguf"
     run = [sys.executable, "-m", "katpilot", "quant"]
-    done = subprocess.run(
-        [*run, "export", str(ckpt), "--out", str(out), "--type", "q4_k_m"], capture_output=True, text=True, timeout=120
-    )
+    repo = tmp_path / "repo"  # the team's repository: what the importance matrix is measured on
+    repo.mkdir()
+    (repo / "shapes.py").write_text("def area(w: float, h: float) -> float:\n    return w * h\n" * 40)
+    command = [*run, "export", str(ckpt), "--out", str(out), "--type", "q4_k_m", "--calibration", str(repo)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {out} (qwen2, q4_k_m, ") and "pre-tokenizer smollm" in done.stdout
+    assert "importance matrix for 15 tensors" in done.stdout
     assert "fell back" in done.stderr  # 64 columns: K-quants need 256
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]  # the f32 intermediate is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf", "repo"]  # the f32 intermediate is gone
     checked = subprocess.run(
         [*run, "check", str(out), "--against", str(ckpt)], capture_output=True, text=True, timeout=120
     )

@@ -505,7 +505,12 @@ def _mtp_heads(meta: _Metadata, arch: str, tensors: list[_Tensor]) -> int:
 def _check_is_model(meta: _Metadata, tensors: list[_Tensor]) -> str:
     """The file must be a model (not an adapter, projector or part 2 of a split) of an architecture
     the gguf package knows. Returns the architecture."""
-    kinds = {"adapter": "a LoRA adapter", "mmproj": "a multimodal projector", "imatrix": "an importance matrix"}
+    kinds = {
+        "adapter": "a LoRA adapter",
+        "mmproj": "a multimodal projector",
+        "imatrix": "an importance matrix",
+        "mtp": "the MTP heads companion of a model",
+    }
     kind = meta.get_str(_KEYS.General.TYPE)
     if kind in kinds:
         raise _Unsupported(f"is {kinds[kind]}, not a model", _FIX_OTHER_FILE)

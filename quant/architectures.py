@@ -76,33 +76,48 @@ def read_hyper(ckpt: Checkpoint) -> Hyper:
         )
     cfg = ckpt.config
 
-    def need(*keys: str) -> Any:
-        value = ckpt.get(*keys)
-        if value is None:
-            raise QuantError(f"{ckpt.path / 'config.json'} has no {keys[0]}", "is it a complete checkpoint config?")
-        return value
+    where = ckpt.path / "config.json"
 
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    def number(kind: type[int] | type[float], *keys: str, default: float | None = None) -> Any:
+        value = ckpt.get(*keys, default=default)
+        if value is None:
+            raise QuantError(f"{where} has no {keys[0]}", "is it a complete checkpoint config?")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise QuantError(f"{where}: {keys[0]} is {value!r}, not a number", "fix config.json")
+        return kind(value)
+
     rope = cfg.get("rope_parameters") or {}
-    scaling = dict(cfg.get("rope_scaling") or {})
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or not isinstance(scaling, dict):
+        raise QuantError(f"{where}: rope_scaling / rope_parameters is not an object", "fix config.json")
     if not scaling and rope.get("rope_type", "default") != "default":
         scaling = dict(rope)
-    return Hyper(
+    tied = cfg.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise QuantError(f"{where}: tie_word_embeddings is {tied!r}, not true or false", "fix config.json")
+    hidden, heads = number(int, "hidden_size"), number(int, "num_attention_heads")
+    hp = Hyper(
         arch=arch,
-        blocks=int(need("num_hidden_layers")),
-        mtp_blocks=int(cfg.get("num_nextn_predict_layers") or 0),
+        blocks=number(int, "num_hidden_layers"),
+        mtp_blocks=number(int, "num_nextn_predict_layers", default=0),
         hidden=hidden,
-        ff=int(need("intermediate_size")),
+        ff=number(int, "intermediate_size"),
         heads=heads,
-        kv_heads=int(ckpt.get("num_key_value_heads", default=heads)),
-        head_dim=int(cfg.get("head_dim") or hidden // heads),
-        context=int(need("max_position_embeddings")),
-        rms_eps=float(need("rms_norm_eps")),
-        vocab=int(need("vocab_size")),
+        kv_heads=number(int, "num_key_value_heads", default=heads),
+        head_dim=number(int, "head_dim", default=hidden // max(heads, 1)),
+        context=number(int, "max_position_embeddings"),
+        rms_eps=number(float, "rms_norm_eps"),
+        vocab=number(int, "vocab_size"),
         rope_theta=float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0),
         rope_scaling=scaling,
-        tied=bool(cfg.get("tie_word_embeddings", False)),
+        tied=tied,
     )
+    kind = str(scaling.get("rope_type") or scaling.get("type") or "default")
+    if kind == "llama3" and arch != "llama":
+        raise QuantError(f"{where}: llama3 RoPE scaling on {arch}", "llama.cpp applies it to llama models only")
+    if kind != "default" and not isinstance(scaling.get("factor", 1.0), (int, float)):
+        raise QuantError(f"{where}: the RoPE scaling factor is {scaling.get('factor')!r}", "fix config.json")
+    return hp
 
 
 def add_hyperparameters(writer: gguf.GGUFWriter, hp: Hyper, blocks: int) -> None:

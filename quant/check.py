@@ -18,6 +18,8 @@ import gguf
 import numpy as np
 
 from katpilot.engine.llama_compat import llama_log_lines
+from katpilot.errors import ModelFileError
+from katpilot.gguf_file import read_gguf_header
 from quant.architectures import plan_tensors, read_hyper, to_llama_rotary
 from quant.checkpoint import open_checkpoint
 from quant.errors import QuantError
@@ -58,6 +60,12 @@ class CheckReport:
 def check_export(model: Path, checkpoint: Path) -> CheckReport:
     """Compare `model` with `checkpoint`; the report lists what held and what did not."""
     try:
+        kind = read_gguf_header(model).metadata.get(gguf.Keys.General.TYPE, "model")
+    except ModelFileError as exc:
+        raise QuantError(exc.message, exc.fix) from None
+    if kind != "model":
+        raise QuantError(f"{model} is a {kind} GGUF, not a model", "check the model file the export wrote")
+    try:
         reader = gguf.GGUFReader(model)
     except (OSError, ValueError) as exc:
         raise QuantError(f"cannot read {model}: {exc}", "give a GGUF written by katpilot quant export") from None
@@ -89,7 +97,11 @@ def check_export(model: Path, checkpoint: Path) -> CheckReport:
         source = ckpt.tensors[plan.source].read()
         if plan.permute_heads:
             source = to_llama_rotary(source, hp.head_dim)
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32).reshape(source.shape)
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        if values.size != source.size:
+            report.failures.append(f"{tensor.name}: {values.size} values, the checkpoint's tensor has {source.size}")
+            continue
+        values = values.reshape(source.shape)
         error = float(np.sqrt(np.mean((values - source) ** 2)) / max(np.sqrt(np.mean(source**2)), 1e-12))
         kind = tensor.tensor_type.name
         report.worst[kind] = max(report.worst.get(kind, 0.0), error)
@@ -129,9 +141,14 @@ def _check_tokenizer(model: Path, checkpoint: Path, report: CheckReport) -> None
         return
     import llama_cpp
 
-    expected: list[Any] = Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(SAMPLE_TEXT).ids
-    with llama_log_lines(lambda line: None):  # a vocab-only load still logs its (empty) context
-        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    hf = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    expected: list[Any] = hf.encode(SAMPLE_TEXT, add_special_tokens=False).ids
+    try:
+        with llama_log_lines(lambda line: None):  # a vocab-only load still logs its (empty) context
+            llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    except ValueError:
+        report.failures.append("tokenizer: llama.cpp cannot load the file's vocabulary")
+        return
     try:
         got = llm.tokenize(SAMPLE_TEXT.encode(), add_bos=False, special=True)
     finally:

@@ -46,20 +46,6 @@ class TensorRef:
     def row_elements(self) -> int:
         return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Rows [start, stop) as float32 (a 1-D tensor's rows are its elements)."""
-        code, size = _DTYPES[self.dtype]
-        per_row = self.row_elements
-        count = (stop - start) * per_row
-        with open(self.file, "rb") as handle:
-            data = os.pread(handle.fileno(), count * size, self.offset + start * per_row * size)
-        if len(data) != count * size:
-            raise QuantError(f"{self.file} ends inside tensor {self.name}", "the file is truncated: copy it again")
-        raw = np.frombuffer(data, dtype=code)
-        values = (raw.astype(np.uint32) << 16).view(np.float32) if self.dtype == "BF16" else raw.astype(np.float32)
-        shape = (stop - start, *self.shape[1:]) if len(self.shape) > 1 else (stop - start,)
-        return values.reshape(shape)
-
     def blocks(self, group: int = 1, budget: int = BLOCK_BYTES) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
         """(start, stop, rows as float32) blocks of whole `group`s of rows, read into buffers that
         are reused: each block is overwritten by the next, so use it (or copy it) before asking for
@@ -88,8 +74,20 @@ class TensorRef:
                 yield start, stop, wide[:count].reshape(shape)
 
     def read(self) -> np.ndarray[Any, Any]:
-        """The whole tensor as float32 (for small tensors: norms, LoRA factors)."""
-        return self.read_rows(0, self.rows) if self.shape else self.read_rows(0, 1).reshape(())
+        """The whole tensor as float32 (small ones: norms, LoRA factors; `quant check`, one at a time)."""
+        whole = np.empty(self.shape or (1,), dtype=np.float32)
+        for start, stop, rows in self.blocks():
+            whole[start:stop] = rows
+        return whole if self.shape else whole.reshape(())
+
+    def _read_exact(self, fd: int, target: memoryview, offset: int) -> None:
+        """Fill `target` from `offset`: a read may return less (Linux: at most ~2 GiB a call)."""
+        done = 0
+        while done < len(target):
+            got = os.preadv(fd, [target[done:]], offset + done)
+            if got <= 0:
+                raise QuantError(f"{self.file} ends inside tensor {self.name}", "the file is truncated: copy it again")
+            done += got
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:

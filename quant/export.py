@@ -108,16 +108,15 @@ def export_checkpoint(
     if not output.parent.is_dir():
         raise QuantError(f"{output.parent} is not a directory", "create it, or give another output path")
     direct = kind if kind in WRITTEN else _lossless(ckpt, plans)
-    matrix: Mapping[str, np.ndarray[Any, Any]] | None = None
-    if callable(imatrix):
-        add_tokenizer(Writer(None, hp.name), ckpt.path, hp.vocab)  # the tokenizer too is checked first
-        matrix = imatrix()
-    elif imatrix is not None:
-        matrix = imatrix
-    report = ExportReport(output, kind, hp.arch, 0, 0, 0.0, "", [], merged_lora=lora)
-    main = _main_tensors(ckpt, hp, plans, WRITTEN[direct][0], adapter, report.fallbacks)
     heads = [p for p in plans if p.mtp]
     companion = companion_path(output) if heads else None
+    first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
+    main_partial = hidden_partial(first)
+    main_writer = Writer(main_partial, hp.name)  # metadata, tokenizer checks included, before any byte is written
+    vocab = _main_metadata(main_writer, ckpt, hp, direct, companion.name if companion else None)
+    matrix = imatrix() if callable(imatrix) else imatrix
+    report = ExportReport(output, kind, hp.arch, 0, 0, 0.0, "", [], merged_lora=lora)
+    main = _main_tensors(ckpt, hp, plans, WRITTEN[direct][0], adapter, report.fallbacks)
     partials: list[Path] = []
     created: list[Path] = []  # final paths this run renamed into place, removed again if a later step fails
     try:
@@ -127,11 +126,8 @@ def export_checkpoint(
             writer = Writer(partials[-1], hp.name)
             _companion_metadata(writer, ckpt, hp, output.name)
             write_gguf(writer, mtp, progress, "mtp heads")
-        first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
-        partials.append(hidden_partial(first))
-        writer = Writer(partials[-1], hp.name)
-        vocab = _main_metadata(writer, ckpt, hp, direct, companion.name if companion else None)
-        write_gguf(writer, main, progress, "export")
+        partials.append(main_partial)
+        write_gguf(main_writer, main, progress, "export")
         if kind in WRITTEN:
             os.replace(partials[-1], output)
         else:
@@ -189,7 +185,7 @@ def _main_tensors(
         if plan.mtp:
             continue
         kind = qtype if len(plan.shape) > 1 else Q.F32
-        if plan.shape[-1] % block:
+        if kind != Q.F32 and plan.shape[-1] % block:
             kind = Q.F16
             fallbacks[plan.gguf_name] = "f16"
         out.append(_tensor(ckpt, hp, plan, kind, adapter))

@@ -58,13 +58,17 @@ def open_adapter(path: Path) -> Adapter:
         raise QuantError(f"{path} is a DoRA adapter", "llama.cpp has no DoRA: merge it in PEFT and export the result")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise QuantError(f"{path} uses per-module ranks or alphas", "export adapters with one rank and alpha")
-    rank, alpha = int(config.get("r") or 0), float(config.get("lora_alpha") or 0)
+    rank, alpha = int(config.get("r") or 0), float(config.get("lora_alpha") or 8)  # PEFT's default alpha
     if rank <= 0:
         raise QuantError(f"{path / 'adapter_config.json'} has no rank r", "is it a complete adapter?")
     tensors: dict[str, TensorRef] = {}
     for file in safetensors_files(path, "adapter_model"):
         tensors |= read_safetensors_header(file)
     pairs: dict[str, LoraPair] = {}
+    tensors = {
+        name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): ref
+        for name, ref in tensors.items()
+    }
     for name, ref in tensors.items():
         if not name.endswith(".lora_A.weight"):
             if not name.endswith(".lora_B.weight"):
@@ -87,8 +91,9 @@ def open_adapter(path: Path) -> Adapter:
 def adapter_base(adapter_dir: Path) -> Path:
     """The adapter's base checkpoint as its config names it, when that is a local directory."""
     named = str(load_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path") or "")
-    if named and Path(named).is_dir():
-        return Path(named)
+    for candidate in (Path(named), adapter_dir / named):  # as given, or relative to the adapter
+        if named and candidate.is_dir():
+            return candidate
     raise QuantError(
         f"the base of adapter {adapter_dir} ({named or 'not named'}) is not a local checkpoint directory",
         "give it with --base DIR",
@@ -108,6 +113,7 @@ def export_adapter(adapter_dir: Path, base: Path, output: Path, type_name: str =
         "f16": gguf.GGMLQuantizationType.F16,
         "bf16": gguf.GGMLQuantizationType.BF16,
     }
+    type_name = type_name.lower()
     if type_name not in kinds:
         raise QuantError(f"an adapter is exported as f32, f16 or bf16, not {type_name}", "give --type f32, f16 or bf16")
     adapter = open_adapter(adapter_dir)
@@ -120,6 +126,11 @@ def export_adapter(adapter_dir: Path, base: Path, output: Path, type_name: str =
         pair = adapter.pairs.get(source)
         if pair is None:
             continue
+        if plan.mtp:  # the main GGUF has no MTP blocks: llama.cpp would fail on these factors
+            raise QuantError(
+                f"adapter {adapter_dir} changes the MTP block tensor {source}",
+                "merge it into its base instead (--merge)",
+            )
         tensors.append(OutTensor(f"{plan.gguf_name}.lora_a", kinds[type_name], pair.a.shape, _whole(pair.a, 0, 0)))
         tensors.append(
             OutTensor(

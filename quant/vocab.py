@@ -96,8 +96,10 @@ def _merges(model: dict[str, Any]) -> list[str]:
 def _add_flags(checkpoint: Path, tokenizer: dict[str, Any], config: dict[str, Any]) -> tuple[bool, bool]:
     """Whether HF adds BOS / EOS to a plain encode: tokenizer_config's flags, else the post-processor."""
     add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
-    template = (tokenizer.get("post_processor") or {}).get("single") or []
-    pieces = [next(iter(step)) for step in template if isinstance(step, dict)]
+    post = tokenizer.get("post_processor") or {}
+    steps = post.get("processors", [post]) if isinstance(post, dict) else []  # Llama 3: ByteLevel + template
+    template: list[Any] = next((step["single"] for step in steps if isinstance(step, dict) and step.get("single")), [])
+    pieces = [next(iter(step)) for step in template if isinstance(step, dict) and step]
     if add_bos is None:
         add_bos = bool(pieces) and pieces[0] == "SpecialToken"
     if add_eos is None:
@@ -109,13 +111,17 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Path, vocab_size: int) ->
     """Write tokens, types, merges, special ids, flags, pre-tokenizer and chat template."""
     path = checkpoint / "tokenizer.json"
     tokenizer = load_json(path)
-    model = tokenizer.get("model") or {}
-    if model.get("type") != "BPE":
+    model = tokenizer.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        model = model if isinstance(model, dict) else {}
         raise QuantError(f"{path}: a {model.get('type')} tokenizer", "katpilot quant exports byte-level BPE tokenizers")
     pre = pre_tokenizer_name(tokenizer, path)
-    by_id: dict[int, str] = {int(i): t for t, i in (model.get("vocab") or {}).items()}
-    added = {int(a["id"]): a for a in tokenizer.get("added_tokens", [])}
-    by_id |= {i: str(a["content"]) for i, a in added.items()}
+    try:
+        by_id: dict[int, str] = {int(i): str(t) for t, i in (model.get("vocab") or {}).items()}
+        added = {int(a["id"]): a for a in tokenizer.get("added_tokens") or []}
+        by_id |= {i: str(a["content"]) for i, a in added.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise QuantError(f"{path}: the vocabulary or an added token is malformed", "save the tokenizer again") from None
     if not by_id or max(by_id) >= vocab_size:
         raise QuantError(
             f"{path} has token ids up to {max(by_id, default=-1)} but the model's vocab_size is {vocab_size}",

@@ -164,6 +164,10 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         config["intermediate_size"] = 96
     elif name == "unknown-architecture":
         config["model_type"] = "gpt_neox"
+    elif name == "bad-number":
+        config["hidden_size"] = "abc"
+    elif name == "tied-as-string":
+        config["tie_word_embeddings"] = "false"
     elif name == "unknown-pre-tokenizer":
         set_pre_tokenizer(ckpt, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"})
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -176,6 +180,8 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         ("missing-tensor", "has no tensor model.layers.1.mlp.up_proj.weight"),
         ("wrong-shape", "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], the config says [96, 64]"),
         ("unknown-architecture", "architecture 'gpt_neox'"),
+        ("bad-number", "hidden_size is 'abc', not a number"),
+        ("tied-as-string", "tie_word_embeddings is 'false', not true or false"),
         ("unknown-pre-tokenizer", "unknown pre-tokenizer (Metaspace)"),
     ],
 )
@@ -231,6 +237,7 @@ def test_a_full_disk_leaves_no_file_behind(
 
 
 def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path: Path) -> None:
+    smol = smol_checkpoint
     ckpt = tiny_checkpoint("qwen2", smol_checkpoint, tmp_path / "ckpt")
     out = tmp_path / "m.gguf"
     run = [sys.executable, "-m", "katpilot", "quant"]
@@ -259,6 +266,10 @@ def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path:
         timeout=120,
     )
     assert wrong.returncode == 2 and "BAD blk.0.attn_q.weight (F16): relative error" in wrong.stdout
+    # Another model altogether: every difference is a BAD line, never a traceback.
+    command = [*run, "check", str(out), "--against", str(smol)]
+    unrelated = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert unrelated.returncode == 2 and "BAD architecture" in unrelated.stdout, unrelated.stdout + unrelated.stderr
 
 
 def test_our_fast_metadata_packing_writes_gguf_writers_exact_bytes(smol_checkpoint: Path, tmp_path: Path) -> None:
@@ -279,3 +290,49 @@ def test_our_fast_metadata_packing_writes_gguf_writers_exact_bytes(smol_checkpoi
         writer.close()
         files.append(path.read_bytes())
     assert files[0] == files[1]
+
+
+def test_llama3_post_processor_adds_bos_in_llama_cpp_as_in_hugging_face(smol_checkpoint: Path, tmp_path: Path) -> None:
+    """Llama 3 wraps its BOS template in a Sequence post-processor; the flag must still say add BOS."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(smol_checkpoint, ckpt, ignore=shutil.ignore_patterns("*.safetensors"))
+    data = json.loads((ckpt / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    template = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}},
+    }
+    data["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
+            template,
+        ],
+    }
+    (ckpt / "tokenizer.json").write_text(json.dumps(data))
+    out = _vocab_only_gguf(ckpt, tmp_path / "vocab.gguf")
+    import llama_cpp
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode("hi there").ids
+    llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    try:
+        assert hf[0] == 1 and llm.tokenize(b"hi there", add_bos=True, special=True) == hf
+    finally:
+        llm.close()
+
+
+def test_q8_0_keeps_norms_f32_when_rows_do_not_fill_its_blocks(smol_checkpoint: Path, tmp_path: Path) -> None:
+    import gguf
+
+    ckpt = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "ckpt", hidden_size=80)  # 80: not a multiple of 32
+    out = tmp_path / "m.gguf"
+    report = export_checkpoint(ckpt, out, "q8_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["output_norm.weight"] == "F32" and types["blk.0.attn_norm.weight"] == "F32"
+    assert types["blk.0.attn_q.weight"] == "F16" and "blk.0.attn_q.weight" in report.fallbacks
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"  # its rows are 128 wide
+    sequences = [[1, 504, 3287, 17, 12, 7, 99]]
+    assert float(np.abs(logits_hf(ckpt, sequences)[0] - logits_llama(out, sequences)[0]).max()) < 0.1

@@ -14,6 +14,7 @@ from quant_helpers import add_mtp_heads, logits_llama, tiny_checkpoint
 from typer.testing import CliRunner
 
 from katpilot.cli import app
+from katpilot.errors import ModelFileError
 from katpilot.gguf_file import read_gguf
 from quant.export import export_checkpoint
 from quant.mtp import load_mtp_heads
@@ -56,5 +57,7 @@ def test_mtp_heads_go_to_a_companion_that_reloads_bit_exact(smol_checkpoint: Pat
     shown = CliRunner().invoke(app, ["models", "info", str(tmp_path / "model.gguf")])
     assert shown.exit_code == 0, shown.output
     assert "mtp_heads        1" in shown.output and "mtp_companion    model.mtp.gguf (present)" in shown.output
+    with pytest.raises(ModelFileError, match="is the MTP heads companion of a model"):
+        read_gguf(companion)  # never listed or loaded as a model of its own
     companion.unlink()
     assert "missing" in str(read_gguf(tmp_path / "model.gguf").companion_status())

@@ -17,7 +17,7 @@ import numpy as np
 from quant.architectures import Hyper, expected_shapes, from_llama_rotary, mtp_shapes, plan_for
 from quant.errors import QuantError
 
-_ARCH_OF = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_ARCHES = ("llama", "qwen2", "qwen3")
 _OPTIONAL = ("shared_head.norm.weight", "shared_head.head.weight", "embed_tokens.weight")
 
 
@@ -29,7 +29,7 @@ def _hyper(reader: gguf.GGUFReader, path: Path) -> Hyper:
         return field.contents()
 
     arch = str(value(gguf.Keys.General.ARCHITECTURE))
-    if arch not in _ARCH_OF:
+    if arch not in _ARCHES:
         raise QuantError(f"{path} is a {arch} file", "give an MTP companion of a llama, qwen2 or qwen3 export")
     k = gguf.Keys.LLM
     depth = int(value(k.NEXTN_PREDICT_LAYERS.format(arch=arch)))

@@ -29,6 +29,7 @@ import numpy as np
 
 from katpilot.engine.llama_compat import llama_log_lines
 from quant.errors import QuantError
+from quant.gguf_out import hidden_partial
 
 # Our names -> llama.cpp's llama_ftype constant names (llama_cpp.LLAMA_FTYPE_*).
 TYPES: dict[str, str] = {
@@ -113,7 +114,7 @@ def quantize(
     entries = _imatrix_entries(llama_cpp, imatrix) if imatrix is not None else None
     if entries is not None:
         params.imatrix = ctypes.cast(entries[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    partial = hidden_partial(output)
     started = time.perf_counter()
     lines: list[str] = []
 

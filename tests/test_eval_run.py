@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from eval_helpers import ReplyEngine
+from proc_helpers import process_table
 
 from katpilot.config import load_settings
 from katpilot.engine.local import LocalEngine
@@ -195,14 +196,7 @@ HOSTILE = {
 
 def descendants() -> list[int]:
     """Live processes below this one."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    parents = {pid: int(fields[1]) for pid, fields in process_table().items()}
     found, frontier = [], [os.getpid()]
     while frontier:
         pid = frontier.pop()

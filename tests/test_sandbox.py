@@ -9,23 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from proc_helpers import process_table
 
 from katpilot.eval.sandbox import SandboxResult, _nproc_limit, run_python
 
 
 def group_members(pgid: int) -> list[int]:
     """Live processes whose process group is `pgid` (the sandbox child's group)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
-            if int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
+    return [pid for pid, fields in process_table().items() if int(fields[2]) == pgid]
 
 
 def run(code: str, **limits: Any) -> SandboxResult:

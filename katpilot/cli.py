@@ -34,7 +34,11 @@ config_app = typer.Typer(help="Show the effective configuration.", no_args_is_he
 quant_app = typer.Typer(help="Quantize GGUF models (llama.cpp's quantizer).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+train_app = typer.Typer(
+    help="Build training data from a repository (more stages come with the train extra).", no_args_is_help=True
+)
 app.add_typer(quant_app, name="quant")
+app.add_typer(train_app, name="train")
 
 # Options shared by commands that run a model; None means "not given" (config and env decide).
 ModelOpt = Annotated[
@@ -477,6 +481,70 @@ def eval_command(
     )
     results, out_dir = run_eval(settings, options, show_progress=sys.stderr.isatty())
     for line in summary_lines(results, out_dir):
+        typer.echo(line)
+
+
+@train_app.command("data")
+def train_data(
+    repo: Annotated[Path | None, typer.Argument(help="The repository to mine tasks from.")] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="The teacher: a GGUF, a model name, a server URL, or 'programmatic' (arithmetic only)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Dataset directory; rerun with the same one to resume.")] = Path(
+        "katpilot-data"
+    ),
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            help="Kinds: complete, fix, docstring, explain, question (or 'repo'), arithmetic, code, prompt, 'all'.",
+        ),
+    ] = "repo",
+    votes: Annotated[int, typer.Option(help="Answers per mode and task (K).")] = 2,
+    limit: Annotated[int | None, typer.Option(help="The first N tasks only (kinds interleaved).")] = None,
+    jobs: Annotated[int, typer.Option(help="Parallel teacher requests (remote servers).")] = 1,
+    prompts: Annotated[Path | None, typer.Option(help="Your own prompts: JSONL with prompt (and answer).")] = None,
+    critic: Annotated[str, typer.Option(help="'teacher' (the same model), 'none', or another model.")] = "teacher",
+    margin: Annotated[
+        float, typer.Option(help="Think-off wins when its pass rate is within this of think-on's.")
+    ] = 0.1,
+    random_share: Annotated[float, typer.Option(help="Share of tasks given a random mode.")] = 0.01,
+    intent_share: Annotated[float, typer.Option(help="Share of tasks that also get an explicit-intent record.")] = 0.1,
+    retries: Annotated[int, typer.Option(help="Fresh think-on attempts after the critic rejects all.")] = 2,
+    span: Annotated[int, typer.Option(help="Operations the programmatic teacher answers directly.")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    temperature: Annotated[float | None, typer.Option(help="Teacher sampling temperature (votes need > 0).")] = None,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    n_ctx: NCtxOpt = None,
+    n_threads: NThreadsOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Build a dual-regime (think-on / think-off) dataset from a repository, tagged by pass rates."""
+    from trainer.data.builder import DataOptions
+    from trainer.data.command import DataRun, run_data, summary_lines
+    from trainer.data.sources import parse_kinds
+
+    settings = config_mod.load_settings(
+        _flags(temperature=temperature, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads, profile=profile)
+    ).settings
+    options = DataOptions(
+        votes=votes, margin=margin, random_share=random_share, intent_share=intent_share, retries=retries, seed=seed
+    )
+    run = DataRun(
+        out=out,
+        kinds=parse_kinds(tasks),
+        repo=repo,
+        teacher=teacher,
+        critic=critic,
+        prompts=prompts,
+        limit=limit,
+        jobs=jobs,
+        span=span,
+        options=options,
+    )
+    summary = run_data(settings, run, show_progress=sys.stderr.isatty())
+    for line in summary_lines(summary):
         typer.echo(line)
 
 

@@ -256,3 +256,57 @@ def merge_texts(events: list[Event]) -> list[Event]:
         elif not isinstance(event, Text) or event.text:
             merged.append(event)
     return merged
+
+
+# -- whole responses: the trainer writes and reads them ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parts:
+    """An AutoThink response taken apart: what a training record stores."""
+
+    judge: str
+    mode: Mode
+    think: str
+    answer: str
+
+
+def render_kat(parts: Parts) -> str:
+    """The response in the AutoThink format, laid out as the kat profile's prefills write it.
+
+    `split(render_kat(p)) == p` for parts that are stripped and hold no tag (`has_tag`); anything
+    else is refused (ValueError), since a tag inside a part would change how the gate reads it.
+    """
+    for name in ("judge", "think", "answer"):
+        text = getattr(parts, name)
+        if text != text.strip() or has_tag(text):
+            raise ValueError(f"the {name} must be stripped text without AutoThink tags")
+    if parts.mode == "off" and parts.think:
+        raise ValueError("a think-off response has no think text")
+    judge = f"{JUDGE_OPEN}\n{parts.judge}\n{JUDGE_CLOSE}\n"
+    answer = f"{ANSWER_OPEN}\n{parts.answer}\n{ANSWER_CLOSE}"
+    if parts.mode == "on":
+        return f"{judge}{THINK_ON}\n{THINK_OPEN}\n{parts.think}\n{THINK_CLOSE}\n{answer}"
+    return f"{judge}{THINK_OFF}\n{answer}"
+
+
+def split(text: str, tags: frozenset[str] = KAT_TAGS) -> Parts:
+    """A whole response's judge, mode, think and answer as the gate reads them (each stripped)."""
+    texts: dict[Segment, list[str]] = {s: [] for s in Segment}
+    mode: Mode = "off"
+    for event in parse(text, tags):
+        if isinstance(event, Text):
+            texts[event.segment].append(event.text)
+        elif isinstance(event, Decision):
+            mode = event.mode
+    return Parts(
+        judge="".join(texts[Segment.JUDGE]).strip(),
+        mode=mode,
+        think="".join(texts[Segment.THINK]).strip(),
+        answer="".join(texts[Segment.ANSWER]).strip(),
+    )
+
+
+def has_tag(text: str, tags: frozenset[str] = KAT_TAGS) -> bool:
+    """Whether the text holds one of the tags (so it cannot sit inside a rendered part)."""
+    return any(tag in text for tag in tags)

@@ -1,1 +1,1 @@
-"""Placeholder package: filled in by its own issue."""
+"""katpilot's trainer: dual-regime data (`trainer.data`, serving stack only), then the torch stages."""

@@ -126,7 +126,7 @@ def run_eval(
     thresholds = options.thresholds or (controls.threshold,)
     conditions = conditions_for(options.modes, thresholds)
     sampling = sampling_params(settings)
-    with _engines(settings, options.jobs, echo, engines) as engines:
+    with open_engines(settings, options.jobs, echo, engines) as engines:
         engine = engines[0]
         profile = profile_for(engine, settings)
         fingerprint = {
@@ -147,7 +147,7 @@ def run_eval(
             if journal.resumed:
                 echo(f"katpilot: resuming {out}: {journal.resumed} record(s) already done")
             runner = EvalRunner(engines, settings, controls, sampling, journal, conditions)
-            with _progress(show_progress, f"{suite.name}") as progress:
+            with progress_bar(show_progress, f"{suite.name}") as progress:
                 counts = runner.run(items, progress)
         finally:
             journal.close()
@@ -177,7 +177,7 @@ def write_outputs(results: EvalResults, out: Path, plot: bool = True) -> None:
 
 
 @contextmanager
-def _engines(
+def open_engines(
     settings: Settings, jobs: int, echo: Callable[[str], None], given: Sequence[Engine] | None
 ) -> Iterator[list[Engine]]:
     """One engine per job for a remote server (each keeps its own connection state); one locally."""
@@ -201,7 +201,7 @@ def _engines(
 
 
 @contextmanager
-def _progress(show: bool, title: str) -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(show: bool, title: str) -> Iterator[Callable[[int, int], None] | None]:
     """A rich progress bar with ETA on stderr (a terminal only); None otherwise."""
     if not show:
         yield None

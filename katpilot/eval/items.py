@@ -10,9 +10,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from katpilot.eval.verify import Verdict, exact_match, extract_code, mentions_any, numeric_match, python_tests
+from katpilot.eval.verify import (
+    Verdict,
+    ast_match,
+    exact_match,
+    extract_code,
+    mentions_any,
+    numeric_match,
+    python_tests,
+    similarity_match,
+)
 
-VerifierName = Literal["exact", "numeric", "mentions", "python_tests"]
+VerifierName = Literal["exact", "numeric", "mentions", "python_tests", "ast", "similar"]
 
 
 @dataclass(frozen=True)
@@ -22,13 +31,14 @@ class EvalItem:
     id: str  # unique within its suite; the key of its records (and of resuming)
     prompt: str  # the user message the model gets
     verifier: VerifierName
-    expected: str = ""  # exact / numeric: the answer
+    expected: str = ""  # exact / numeric: the answer; ast / similar: the code or text to match
     accepted: tuple[str, ...] = ()  # mentions: any of these names passes
     tests: str = ""  # python_tests: assert lines, or HumanEval's `def check(candidate)`
     entry_point: str | None = None  # python_tests: the function the answer must define
     humaneval_check: bool = False  # tests define check(candidate), called with the entry point
     prelude: str = ""  # python_tests: code the answer continues (HumanEval's prompt), kept before it
     level: int | None = None  # difficulty, where the suite grades it
+    min_similarity: float = 0.8  # similar: the least token similarity (0..1) that passes
     meta: dict[str, str] = field(default_factory=dict)  # what a generated item asks about (repo: kind, name)
 
 
@@ -52,6 +62,10 @@ def _grade(item: EvalItem, answer: str) -> Verdict:
         return numeric_match(answer, item.expected)
     if item.verifier == "mentions":
         return mentions_any(answer, item.accepted)
+    if item.verifier == "ast":
+        return ast_match(answer, item.expected)
+    if item.verifier == "similar":
+        return similarity_match(answer, item.expected, item.min_similarity)
     return python_tests(
         program_for(item, answer),
         item.tests,

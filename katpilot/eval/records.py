@@ -56,60 +56,24 @@ class RunJournal:
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
         self.out = out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise KatpilotError(
-                f"cannot create the output directory {out} ({exc.strerror})", "give --out a writable path"
-            ) from None
+        make_output_dir(out)
         self.records: dict[tuple[str, str], Record] = {}
         self._by_item: dict[str, list[Record]] = {}
-        try:
-            self._check_fingerprint(fingerprint)
-            self.resumed = self._load()
-            self._file = (out / RECORDS_FILE).open("a", encoding="utf-8")
-        except OSError as exc:
-            raise _unwritable(out, exc) from None
+        check_fingerprint(out / RUN_FILE, fingerprint, out)
+        self.resumed = self._load()
+        self._file = DurableLog(out / RECORDS_FILE, out)
         self._lock = threading.Lock()  # --jobs workers add records concurrently
 
-    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        path = self.out / RUN_FILE
-        if path.exists():
-            try:
-                before = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise KatpilotError(
-                    f"{path} is unreadable ({exc})", f"delete {self.out} or give another --out"
-                ) from None
-            changed = [k for k in sorted(set(before) | set(fingerprint)) if before.get(k) != fingerprint.get(k)]
-            if changed:
-                name = changed[0]
-                raise KatpilotError(
-                    f"{self.out} holds a run with another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})",
-                    "give another --out, or delete that directory to start over",
-                )
-            return
-        write_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
-
     def _load(self) -> int:
-        """Read the journal back; a torn last line (killed mid-write) is cut off. Returns records read."""
+        """Read the journal back (a torn last line is cut off). Returns records read."""
         path = self.out / RECORDS_FILE
-        if not path.exists():
-            return 0
-        data = path.read_bytes()
-        good = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-        if good < len(data):
-            with path.open("r+b") as f:
-                f.truncate(good)
-        for number, line in enumerate(data[:good].splitlines(), 1):
+        for number, data in read_journal(path, self.out):
             try:
-                record = Record.from_json(json.loads(line))
+                record = Record.from_json(data)
                 if not isinstance(record.tokens, dict) or "completion" not in record.tokens:
                     raise TypeError("its tokens have no completion count")
-            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-                raise KatpilotError(
-                    f"{path} line {number} is not a record ({exc})", f"delete {self.out} or give another --out"
-                ) from None
+            except (TypeError, AttributeError) as exc:
+                raise _not_a_record(path, number, exc, self.out) from None
             if (record.item, record.condition) not in self.records:
                 self._keep(record)
         return len(self.records)
@@ -127,18 +91,97 @@ class RunJournal:
 
     def add(self, record: Record) -> None:
         """Keep a record: in memory and on disk, durable before this returns."""
-        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
         with self._lock:
             self._keep(record)
-            try:
-                self._file.write(line)
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            except OSError as exc:
-                raise _unwritable(self.out, exc) from None
+            self._file.append([record.to_json()])
 
     def close(self) -> None:
         self._file.close()
+
+
+# -- the parts any append-only journal needs (eval's records, the data stage's dataset) -----------
+
+
+def make_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KatpilotError(
+            f"cannot create the output directory {out} ({exc.strerror})", "give --out a writable path"
+        ) from None
+
+
+def check_fingerprint(path: Path, fingerprint: dict[str, Any], out: Path) -> None:
+    """Write the run's fingerprint, or refuse a rerun whose fingerprint differs (naming the setting)."""
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KatpilotError(f"{path} is unreadable ({exc})", f"delete {out} or give another --out") from None
+        changed = [k for k in sorted(set(before) | set(fingerprint)) if before.get(k) != fingerprint.get(k)]
+        if changed:
+            name = changed[0]
+            raise KatpilotError(
+                f"{out} holds a run with another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})",
+                "give another --out, or delete that directory to start over",
+            )
+        return
+    write_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
+
+
+def read_journal(path: Path, out: Path) -> list[tuple[int, dict[str, Any]]]:
+    """A JSONL journal's objects with their line numbers; a torn last line (killed mid-write) is cut off."""
+    if not path.exists():
+        return []
+    try:
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+        if good < len(data):
+            with path.open("r+b") as f:
+                f.truncate(good)
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
+    rows = []
+    for number, line in enumerate(data[:good].splitlines(), 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError("it is not a JSON object")
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+            raise _not_a_record(path, number, exc, out) from None
+        rows.append((number, row))
+    return rows
+
+
+class DurableLog:
+    """An append-only JSONL file: each `append` is on disk (flushed, fsynced) before it returns.
+
+    Lines appended together go in one write, so a SIGKILL tears at most the last line, which
+    `read_journal` cuts off.
+    """
+
+    def __init__(self, path: Path, out: Path) -> None:
+        self.path, self.out = path, out
+        try:
+            self._file = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable(out, exc) from None
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _unwritable(self.out, exc) from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _not_a_record(path: Path, number: int, exc: Exception, out: Path) -> KatpilotError:
+    return KatpilotError(f"{path} line {number} is not a record ({exc})", f"delete {out} or give another --out")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -4,6 +4,10 @@
 - `numeric_match`: the final number of a free-text answer (GSM8K style), compared with a tolerance.
 - `mentions_any`: free text that names one of the accepted answers (a path, a function name).
 - `python_tests`: candidate code and its unit tests run together in the sandbox.
+- `ast_match`: Python code that must be the expected code, compared by syntax tree (formatting,
+  comments and docstrings do not count), for code whose behaviour has no tests to run.
+- `similarity_match`: text close enough to the expected text (word and punctuation tokens compared
+  with difflib), for code in languages we cannot run and for prose such as docstrings.
 
 Verifiers never raise for anything in the answer: a malformed, hostile or runaway answer is a
 failed verdict with its reason, so a run goes on.
@@ -11,9 +15,12 @@ failed verdict with its reason, so a run goes on.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import math
 import re
 import secrets
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +29,7 @@ from katpilot.eval.sandbox import SandboxResult, run_python
 
 __all__ = [
     "Verdict",
+    "ast_match",
     "exact_match",
     "extract_code",
     "extract_number",
@@ -29,6 +37,8 @@ __all__ = [
     "normalise_text",
     "numeric_match",
     "python_tests",
+    "similarity_match",
+    "text_similarity",
 ]
 
 
@@ -37,7 +47,7 @@ class Verdict:
     """Whether an answer passed, which verifier said so, and why not (None when it passed)."""
 
     passed: bool
-    verifier: str  # "exact", "numeric", "mentions" or "python_tests"
+    verifier: str  # "exact", "numeric", "mentions", "python_tests", "ast" or "similar"
     reason: str | None = None
 
 
@@ -249,6 +259,74 @@ def _tests_verdict(result: SandboxResult, marker: str) -> Verdict:
         last = _last_line(result.stderr)
         return Verdict(False, "python_tests", last or f"exit status {result.returncode}")
     return Verdict(False, "python_tests", "the program exited before the tests finished")
+
+
+# --- ast -----------------------------------------------------------------------------------------
+
+
+def ast_match(answer: str, expected: str) -> Verdict:
+    """Pass when the answer's Python code has the same syntax tree as the expected code.
+
+    The code is taken with `extract_code`; both sides are dedented and parsed, docstrings (a string
+    constant opening a module, class or function body) are dropped, and the trees are compared
+    without positions: reformatting, comments and docstrings do not count, a changed operator does.
+    """
+    want, error = _python_tree(expected)
+    if error:
+        return Verdict(False, "ast", f"the expected code does not parse ({error})")
+    got, error = _python_tree(extract_code(answer))
+    if error:
+        return Verdict(False, "ast", f"the answer does not parse ({error})")
+    if got == want:
+        return Verdict(True, "ast")
+    return Verdict(False, "ast", "the answer's code differs from the expected code")
+
+
+def _python_tree(code: str) -> tuple[str, str]:
+    """(the code's tree dumped without positions and docstrings, "") or ("", why it does not parse)."""
+    try:
+        tree = ast.parse(textwrap.dedent(code))
+    except SyntaxError as exc:
+        return "", f"line {exc.lineno}: {exc.msg}"
+    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, nesting too deep
+        return "", f"{type(exc).__name__}: {_clip(str(exc))}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = node.body[1:]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False), ""
+
+
+# --- similar -------------------------------------------------------------------------------------
+
+SIMILARITY_MAX_TOKENS = 2000  # tokens compared per side: difflib is quadratic at worst (under a second here)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def similarity_match(answer: str, expected: str, threshold: float) -> Verdict:
+    """Pass when the answer's tokens are at least `threshold` similar to the expected text's.
+
+    For code we cannot run and for prose: both sides (the answer's code taken with `extract_code`,
+    a fenced block if it has one) become casefolded word and punctuation tokens, compared with
+    difflib's `SequenceMatcher.ratio` (0 nothing shared, 1 the same). Each side is cut at
+    SIMILARITY_MAX_TOKENS tokens so long texts stay fast.
+    """
+    ratio = text_similarity(extract_code(answer), expected)
+    if ratio >= threshold:
+        return Verdict(True, "similar")
+    return Verdict(False, "similar", f"similarity {ratio:.3f} is below the threshold {threshold:g}")
+
+
+def text_similarity(text: str, other: str) -> float:
+    """How alike two texts are, 0..1: difflib's ratio of their word and punctuation tokens (casefolded)."""
+    a = _TOKEN.findall(text.casefold())[:SIMILARITY_MAX_TOKENS]
+    b = _TOKEN.findall(other.casefold())[:SIMILARITY_MAX_TOKENS]
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def _last_line(text: str) -> str:

@@ -30,9 +30,11 @@ def _problem(seed: int, index: int) -> EvalItem:
     person, things = rng.choice(_PEOPLE), rng.choice(_THINGS)
     value = rng.randint(5, 40)
     sentences = [f"{person} has {value} {things}."]
+    work = [f"start {value}"]
     for _ in range(level):
-        value, sentence = _step(rng, value, things)
+        value, sentence, worked = _step(rng, value, things)
         sentences.append(sentence)
+        work.append(worked)
     sentences.append(f"How many {things} does {person} have now?")
     return EvalItem(
         id=f"arith-{index:03d}-L{level}",
@@ -40,11 +42,15 @@ def _problem(seed: int, index: int) -> EvalItem:
         verifier="numeric",
         expected=str(value),
         level=level,
+        meta={"work": "; ".join(work)},  # "start 12; 12 + 5 = 17; ...": the data stage's programmatic teacher
     )
 
 
-def _step(rng: random.Random, value: int, things: str) -> tuple[int, str]:
-    """One operation on the running count, worded as an event; the count stays a whole number >= 0."""
+def _step(rng: random.Random, value: int, things: str) -> tuple[int, str, str]:
+    """One operation on the running count: (new count, the event in words, the arithmetic).
+
+    The count stays a whole number >= 0.
+    """
     choices = ["add", "add", "subtract", "subtract", "multiply"]
     divisors = [d for d in (2, 3, 4, 5) if value % d == 0 and value > 0]
     if divisors:
@@ -54,13 +60,22 @@ def _step(rng: random.Random, value: int, things: str) -> tuple[int, str]:
         kind = "add"
     if kind == "add":
         n = rng.randint(2, 30)
-        return value + n, rng.choice((f"Then they get {n} more.", f"A friend gives them {n} {things}."))
+        return (
+            value + n,
+            rng.choice((f"Then they get {n} more.", f"A friend gives them {n} {things}.")),
+            f"{value} + {n} = {value + n}",
+        )
     if kind == "subtract":
         n = rng.randint(1, value)
-        return value - n, rng.choice((f"Then they give away {n}.", f"They lose {n} {things}."))
+        return (
+            value - n,
+            rng.choice((f"Then they give away {n}.", f"They lose {n} {things}.")),
+            f"{value} - {n} = {value - n}",
+        )
     if kind == "multiply":
         n = rng.choice((2, 3, 4))
         word = {2: "doubles", 3: "triples", 4: "quadruples"}[n]
-        return value * n, f"Then their collection {word}."
+        return value * n, f"Then their collection {word}.", f"{value} * {n} = {value * n}"
     d = rng.choice(divisors)
-    return value // d, f"They split the {things} equally into {d} boxes and keep only one box."
+    sentence = f"They split the {things} equally into {d} boxes and keep only one box."
+    return value // d, sentence, f"{value} / {d} = {value // d}"

@@ -26,23 +26,29 @@ def repo_questions(root: Path, seed: int, size: int = DEFAULT_SIZE) -> list[Eval
     """Up to `size` questions about the repository at `root`, alternating the two kinds."""
     with RepoIndex(root) as index:
         index.refresh()
-        unique = _uniquely_named(index.definitions())
-        rng = random.Random(f"katpilot-repo:{seed}")
-        rng.shuffle(unique)
-        where = [_where_defined(index, d, rng) for d in unique[: size - size // 2]]
-        calls: list[EvalItem] = []
-        for definition in unique:
-            if len(calls) >= size // 2:
-                break
-            if definition.kind in ("function", "method"):
-                item = _who_calls(index, definition, rng)
-                if item is not None:
-                    calls.append(item)
-    if not where:
+        items = questions_from_index(index, seed, size)
+    if not items:
         raise KatpilotError(
             f"the index found no definitions to ask about in {root}",
             "give --repo a repository with source files in a language the index knows",
         )
+    return items
+
+
+def questions_from_index(index: RepoIndex, seed: int, size: int = DEFAULT_SIZE) -> list[EvalItem]:
+    """`repo_questions` from an index the caller has open and fresh (the trainer's); [] when none."""
+    unique = _uniquely_named(index.definitions())
+    rng = random.Random(f"katpilot-repo:{seed}")
+    rng.shuffle(unique)
+    where = [_where_defined(index, d, rng) for d in unique[: size - size // 2]]
+    calls: list[EvalItem] = []
+    for definition in unique:
+        if len(calls) >= size // 2:
+            break
+        if definition.kind in ("function", "method"):
+            item = _who_calls(index, definition, rng)
+            if item is not None:
+                calls.append(item)
     items = [q for pair in zip(where, calls, strict=False) for q in pair]
     items += where[len(calls) :] + calls[len(where) :]
     return items[:size]

@@ -1,0 +1,133 @@
+"""Where tasks come from: the repository (mined through the index), bundled eval suites, a prompt file.
+
+Kinds are interleaved (one of each in turn) before `--limit` cuts, so a short run still sees every
+kind. The arithmetic ladder is drawn with seeds from `ARITHMETIC_SEED_OFFSET` on, so the data never
+holds the items `katpilot eval --suite arithmetic` measures (seeds below it). The code suite has no
+such split: training on it means `katpilot eval --suite code` is no longer held out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from katpilot.errors import KatpilotError
+from katpilot.eval.items import EvalItem
+from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task
+
+ARITHMETIC_SEED_OFFSET = 10_000
+ARITHMETIC_SIZE = 600  # a hundred problems per level
+PROMPT_VERIFIERS = ("exact", "numeric", "mentions", "similar")
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """ "complete,fix" -> ("complete", "fix"); "repo" stands for every repository kind; "all" for all."""
+    kinds: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        expanded = REPO_KINDS if part == "repo" else ALL_KINDS if part == "all" else (part,)
+        for kind in expanded:
+            if kind not in ALL_KINDS:
+                raise KatpilotError(
+                    f"--tasks {part!r} is not a task kind", f"use a comma-separated list of {', '.join(ALL_KINDS)}"
+                )
+            if kind not in kinds:
+                kinds.append(kind)
+    if not kinds:
+        raise KatpilotError("--tasks names no task kind", f"use a comma-separated list of {', '.join(ALL_KINDS)}")
+    return tuple(kinds)
+
+
+def collect_tasks(
+    repo: Path | None, kinds: Sequence[str], prompts: Path | None, seed: int = 0, limit: int | None = None
+) -> list[Task]:
+    """Every task of the kinds asked for, interleaved by kind, the first `limit` of them."""
+    by_kind: dict[str, list[Task]] = {}
+    repo_kinds = [k for k in kinds if k in REPO_KINDS]
+    if repo_kinds:
+        if repo is None:
+            raise KatpilotError("repository task kinds need a repository", "give REPO, or --tasks arithmetic,code")
+        from katpilot.index import RepoIndex
+        from trainer.data.mining import mine_repository
+
+        with RepoIndex(repo) as index:
+            for task in mine_repository(index, repo_kinds, seed=seed, per_kind=limit):
+                by_kind.setdefault(task.kind, []).append(task)
+    if "arithmetic" in kinds:
+        from katpilot.eval.suites.arithmetic import arithmetic_ladder
+
+        ladder = arithmetic_ladder(ARITHMETIC_SEED_OFFSET + seed, ARITHMETIC_SIZE)
+        by_kind["arithmetic"] = [_suite_task(item, "arithmetic", item.expected) for item in ladder]
+    if "code" in kinds:
+        by_kind["code"] = _code_tasks()
+    if "prompt" in kinds or prompts is not None:
+        if prompts is None:
+            raise KatpilotError("--tasks prompt needs a prompt file", "give --prompts FILE.jsonl")
+        by_kind["prompt"] = load_prompts(prompts)
+    lists = [by_kind.get(kind, []) for kind in [*kinds, *(["prompt"] if "prompt" not in kinds else [])]]
+    interleaved = [task for row in _zip_longest(lists) for task in row]
+    return interleaved[:limit] if limit else interleaved
+
+
+def load_prompts(path: Path) -> list[Task]:
+    """A user's prompts: one JSON object per line, `prompt` required.
+
+    Optional: `answer` (the ground truth; without it the critic alone judges answers), `verifier`
+    (exact, numeric, mentions or similar; default exact), `id`.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KatpilotError(f"cannot read the prompt file {path} ({exc})", "give --prompts a JSONL file") from None
+    tasks: list[Task] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KatpilotError(f"{where} is not JSON ({exc.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise KatpilotError(f"{where} has no 'prompt' string", 'write {"prompt": "...", "answer": "..."}')
+        answer = row.get("answer", "")
+        verifier = row.get("verifier", "exact")
+        if not isinstance(answer, str) or verifier not in PROMPT_VERIFIERS:
+            raise KatpilotError(
+                f"{where}: 'answer' must be a string and 'verifier' one of {', '.join(PROMPT_VERIFIERS)}",
+                "fix that line",
+            )
+        task_id = f"prompt:{row.get('id', number)}"
+        item = EvalItem(
+            id=task_id,
+            prompt=row["prompt"],
+            verifier=verifier,
+            expected=answer,
+            accepted=(answer,) if verifier == "mentions" else (),
+        )
+        tasks.append(Task(item, "prompt", reference=answer, ground_truth=bool(answer)))
+    if len({t.id for t in tasks}) != len(tasks):
+        raise KatpilotError(f"{path} gives two prompts the same 'id'", "make every id unique")
+    return tasks
+
+
+def _suite_task(item: EvalItem, kind: str, reference: str) -> Task:
+    return Task(item, kind, reference=reference)
+
+
+def _code_tasks() -> list[Task]:
+    """The bundled code suite, with the reference solutions its data file keeps."""
+    from katpilot.eval.suites.code import TASKS_FILE, code_tasks
+
+    solutions = {}
+    for line in TASKS_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            solutions[row["id"]] = f"```python\n{row['solution']}```"
+    return [_suite_task(item, "code", solutions.get(item.id, "")) for item in code_tasks()]
+
+
+def _zip_longest(lists: list[list[Task]]) -> list[list[Task]]:
+    """Rows of one task per kind: [a1, b1, c1], [a2, b2], ..."""
+    longest = max((len(x) for x in lists), default=0)
+    return [[x[i] for x in lists if i < len(x)] for i in range(longest)]

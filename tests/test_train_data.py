@@ -23,8 +23,7 @@ from katpilot.engine.local import LocalEngine
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import grade
 from katpilot.eval.suites.arithmetic import arithmetic_ladder
-from trainer.data.builder import RECORDS_FILE, STATE_DIR, TASKS_FILE, DataOptions
-from trainer.data.card import render_card
+from trainer.data.builder import INTENT_TEXT, RECORDS_FILE, STATE_DIR, TASKS_FILE, DataJournal, DataOptions, Outcome
 from trainer.data.command import CARD_FILE, DataRun, run_data
 from trainer.data.sources import load_prompts, parse_kinds
 from trainer.data.tagging import choose_mode, rule_mode
@@ -91,9 +90,9 @@ def test_rule_follows_the_documented_margin(off: float, on: float, margin: float
 
 def test_random_share_is_seeded_and_near_its_rate() -> None:
     draws = [choose_mode(f"t{i}", 1.0, 0.0, random_share=0.2) for i in range(2000)]
-    random = [d for d in draws if d.chosen_by == "random"]
-    assert 0.15 < len(random) / len(draws) < 0.25
-    assert {d.mode for d in random} == {"on", "off"}
+    overturned = [d for d in draws if d.chosen_by == "random"]
+    assert 0.07 < len(overturned) / len(draws) < 0.13  # half the draws agree with the rule anyway
+    assert {d.mode for d in overturned} == {"on"}
     assert all(d.mode == "off" for d in draws if d.chosen_by == "rates")
     assert draws == [choose_mode(f"t{i}", 1.0, 0.0, random_share=0.2) for i in range(2000)]
     assert all(choose_mode(f"t{i}", 0.0, 1.0, random_share=0.0).mode == "on" for i in range(50))
@@ -160,12 +159,6 @@ def test_embedded_teacher_builds_a_dataset_from_a_repo(tmp_path: Path, engine: L
         if r["kind"] in REPO_KINDS:
             assert r["source_file"] and r["symbol"]
 
-    # the output loads with `datasets`, by file and by directory (the card names the file)
-    datasets = pytest.importorskip("datasets")
-    by_file = datasets.load_dataset("json", data_files=str(out / RECORDS_FILE), split="train")
-    assert by_file.num_rows == len(records)
-    assert datasets.load_dataset(str(out), split="train").num_rows == len(records)
-
     # the card's counts are the records'
     card = (out / CARD_FILE).read_text(encoding="utf-8")
     on = sum(r["mode"] == "on" for r in records)
@@ -180,6 +173,12 @@ def test_embedded_teacher_builds_a_dataset_from_a_repo(tmp_path: Path, engine: L
     for path in out.rglob("*"):
         if path.is_file():
             assert PLANTED_SECRET not in path.read_text(encoding="utf-8", errors="replace"), path
+
+    # the output loads with `datasets` (the train extra), by file and by directory (the card names the file)
+    datasets = pytest.importorskip("datasets")
+    by_file = datasets.load_dataset("json", data_files=str(out / RECORDS_FILE), split="train")
+    assert by_file.num_rows == len(records)
+    assert datasets.load_dataset(str(out), split="train").num_rows == len(records)
 
 
 class _ThinkingHelps(ReplyEngine):
@@ -280,5 +279,80 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path
     assert len({o["task"] for o in outcomes}) == len(outcomes) == 8
     assert len({r["id"] for r in records}) == len(records)  # no duplicate
     assert all(r in records for r in before_records)  # no completed record lost
-    card = render_card("data", {}, records, [])
-    assert f"records: **{len(records)}**" in card
+    on = sum(r["mode"] == "on" for r in records)
+    card = (out / CARD_FILE).read_text(encoding="utf-8")
+    assert f"records: **{len(records)}** (think-on {on}, think-off {len(records) - on}" in card
+
+
+def test_the_journal_drops_records_of_unfinished_tasks_and_torn_lines(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    journal = DataJournal(out, {"a": 1})
+    journal.finish([{"id": "t1", "task": "t1"}], Outcome("t1", "prompt", "kept", records=1))
+    journal.close()
+    with (out / RECORDS_FILE).open("a") as f:  # killed after a task's records, before its outcome ...
+        f.write(json.dumps({"id": "t2", "task": "t2"}) + "\n" + '{"id": "t3", "ta')  # ... and mid-line
+    with (out / STATE_DIR / TASKS_FILE).open("a") as f:
+        f.write('{"task": "t9", "ki')  # a torn outcome line
+    again = DataJournal(out, {"a": 1})
+    assert set(again.outcomes) == {"t1"} and again.records == [{"id": "t1", "task": "t1"}]
+    assert again.done("t1") and not again.done("t2")
+    again.close()
+    assert _records(out) == [{"id": "t1", "task": "t1"}]
+    assert len(_outcomes(out)) == 1
+    with pytest.raises(KatpilotError, match="another a"):
+        DataJournal(out, {"a": 2})
+
+
+def test_secrets_in_prompts_and_ids_never_reach_the_output(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": f"My key is {PLANTED_SECRET}. What is 2+2?", "answer": "4", "verifier": "numeric"},
+        {"prompt": "What is 3+3?", "answer": "6", "verifier": "numeric", "id": f"ask-{PLANTED_SECRET}"},
+        {"prompt": "What is 2+2 again?", "answer": "4", "verifier": "numeric"},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "d"
+    run = DataRun(out=out, kinds=("prompt",), prompts=prompts, critic="none", options=DataOptions(votes=1))
+    summary = run_data(_settings(), run, engines=[_ThinkingHelps("yes")])
+    assert summary.records == 1  # only the third prompt holds no secret
+    outcomes = _outcomes(out)
+    assert sum(o["withheld"] for o in outcomes) == 2
+    assert "records withheld by the secret filter: 2" in (out / CARD_FILE).read_text()
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert PLANTED_SECRET not in path.read_text(encoding="utf-8"), path
+    again = run_data(_settings(), run, engines=[_ThinkingHelps("yes")])  # resumes: the hashed id is known
+    assert again.ran == 0
+
+
+def test_parallel_workers_intent_records_and_a_critic_without_ground_truth(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"What is 2+2? (variant {i})", "answer": "4", "verifier": "numeric"} for i in range(12)]
+    rows += [{"prompt": f"Say something about 2+2 (variant {i})."} for i in range(4)]  # no answer: the critic judges
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "d"
+    run = DataRun(out=out, kinds=("prompt",), prompts=prompts, jobs=2, options=DataOptions(votes=1, intent_share=0.5))
+    engines = [_ThinkingHelps("yes"), _ThinkingHelps("yes")]
+    run_data(_settings(), run, engines=engines)
+    assert all(e.streams for e in engines)  # both workers answered
+    records = _records(out)
+    assert len(_outcomes(out)) == 16 and len({r["id"] for r in records}) == len(records)
+    intents = [r for r in records if r["chosen_by"] == "intent"]
+    assert intents, "no intent record at a share of one half"
+    for r in intents:
+        assert r["mode"] == ("on" if r["intent"] == "think" else "off")
+        assert r["messages"][0]["content"].endswith(INTENT_TEXT[r["intent"]])
+        assert r["critic"] == (r["teacher"] if r["mode"] == "on" else "")
+    judged = [r for r in records if "Say something" in r["messages"][0]["content"]]
+    assert judged and all(r["verifier"] == "critic" and r["critic"] for r in judged)
+
+
+def test_out_must_be_new_or_a_dataset(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("my project\n")
+    with pytest.raises(KatpilotError, match="not a dataset katpilot made"):
+        run_data(_settings(), DataRun(out=tmp_path, kinds=("arithmetic",), limit=2))
+    assert (tmp_path / "README.md").read_text() == "my project\n"
+    repo = write_repo(tmp_path / "repo")
+    with pytest.raises(KatpilotError, match="needs a model teacher"):
+        run_data(_settings(), DataRun(out=tmp_path / "x", kinds=("complete",), repo=repo, limit=1))
+    assert not (tmp_path / "x").exists()  # nothing made: a rerun with a teacher is not refused

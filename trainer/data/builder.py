@@ -21,6 +21,7 @@ outcome (killed in between) are dropped and the task runs again, so nothing is d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import random
@@ -95,6 +96,7 @@ class Outcome:
     pass_rates: dict[str, float] = field(default_factory=dict)
     critic_rejections: int = 0
     withheld: int = 0  # records not written because a secret filter matched
+    unrenderable: int = 0  # records not written because a part holds AutoThink tags
 
 
 class DataJournal:
@@ -121,14 +123,14 @@ class DataJournal:
 
     def _keep_finished(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Records of tasks that have an outcome; the file is rewritten without the others."""
-        kept = [row for _, row in rows if row.get("task") in self.outcomes]
+        kept = [row for _, row in rows if outcome_key(str(row.get("task"))) in self.outcomes]
         if len(kept) != len(rows):
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
             write_atomic(self.out / RECORDS_FILE, text)
         return kept
 
     def done(self, task_id: str) -> bool:
-        return task_id in self.outcomes
+        return outcome_key(task_id) in self.outcomes
 
     def finish(self, records: list[dict[str, Any]], outcome: Outcome) -> None:
         """A task's records, then its outcome: each durable before the next step."""
@@ -163,7 +165,9 @@ class Workers:
         return self.model
 
     def teacher_seconds(self) -> float:
-        return sum(t.seconds for t in (self.model, self.critic) if t is not None)
+        """Time inside model calls (the critic may be the teacher itself: counted once)."""
+        teachers = {id(t): t for t in (self.model, self.critic) if t is not None}
+        return sum(t.seconds for t in teachers.values())
 
 
 class DatasetBuilder:
@@ -220,19 +224,18 @@ class DatasetBuilder:
         critic = w.critic if teacher is w.model else None
         opts = self.options
         attempts = {mode: [teacher.attempt(task, mode, k) for k in range(opts.votes)] for mode in ("off", "on")}
-        verdicts = {mode: [self._passes(task, a, critic) for a in attempts[mode]] for mode in ("off", "on")}
+        outcome = Outcome(outcome_key(task.id), task.kind, "dropped")
+        verdicts = {mode: [self._passes(task, a, critic, outcome) for a in attempts[mode]] for mode in ("off", "on")}
         rates = {mode: sum(v[0] for v in verdicts[mode]) / opts.votes for mode in ("off", "on")}
         tagging = choose_mode(task.id, rates["off"], rates["on"], opts.margin, opts.random_share, opts.seed)
-        outcome = Outcome(task.id, task.kind, "dropped", mode=tagging.mode, chosen_by=tagging.chosen_by)
-        outcome.pass_rates = rates
+        outcome.mode, outcome.chosen_by, outcome.pass_rates = tagging.mode, tagging.chosen_by, rates
         chosen = self._answer(task, tagging.mode, teacher, critic, attempts, verdicts, outcome)
         if chosen is None:
             outcome.why = f"no verified think-{tagging.mode} answer"
             return [], outcome
         judge = teacher.judge_sentence(task, tagging.mode) or template_judge(task, tagging.mode)
         common = {"pass_rates": rates, "verdicts": _verdict_lists(verdicts), "teacher": teacher.name}
-        common["critic"] = critic.name if critic is not None and tagging.mode == "on" else None
-        records = [self._record(task, task.id, task.item.prompt, tagging.mode, tagging.chosen_by, None, judge, chosen)]
+        shaped = [(task.id, task.item.prompt, tagging.mode, tagging.chosen_by, "", judge, chosen)]
         intent = self._intent(task)
         if intent is not None:
             mode: Mode = "on" if intent == "think" else "off"
@@ -243,33 +246,42 @@ class DatasetBuilder:
             )
             if answer is not None:
                 prompt = f"{task.item.prompt}\n\n{INTENT_TEXT[intent]}"
-                records.append(
-                    self._record(
-                        task, f"{task.id}#{intent}", prompt, mode, "intent", intent, INTENT_JUDGE[intent], answer
-                    )
-                )
-        for record in records:
-            record.update(common)
+                shaped.append((f"{task.id}#{intent}", prompt, mode, "intent", intent, INTENT_JUDGE[intent], answer))
+        records = []
+        for record_id, prompt, mode, chosen_by, intent_text, judge_text, answer in shaped:
+            record = self._record(task, record_id, prompt, mode, chosen_by, intent_text, judge_text, answer)
+            if record is None:
+                outcome.unrenderable += 1
+                continue
+            consulted = critic is not None and (mode == "on" or not task.ground_truth)
+            record.update(common, critic=critic.name if consulted and critic is not None else "")
+            records.append(record)
         kept = [r for r in records if not _holds_secret(r)]
         outcome.withheld = len(records) - len(kept)
         outcome.records = len(kept)
         outcome.status = "kept" if kept else "dropped"
         if not kept:
-            outcome.why = "withheld: a secret filter matched"
+            outcome.why = "withheld: a secret filter matched" if outcome.withheld else "the answer cannot be rendered"
         return kept, outcome
 
-    def _passes(self, task: Task, attempt: Attempt, critic: ModelTeacher | None) -> tuple[bool, str, str | None]:
+    def _passes(
+        self, task: Task, attempt: Attempt, critic: ModelTeacher | None, outcome: Outcome | None = None
+    ) -> tuple[bool, str, str | None]:
         """(passed, verifier, reason) for one attempt."""
-        if not attempt.answer or any(gate.has_tag(t) for t in (attempt.think, attempt.answer)):
-            return False, task.item.verifier, "empty answer, or AutoThink tags inside it"
+        if attempt.finish_reason != "stop":
+            return False, task.item.verifier, f"the answer was cut off ({attempt.finish_reason})"
+        if not attempt.answer or not all(_usable(t) for t in (attempt.think, attempt.answer)):
+            return False, task.item.verifier, "empty answer, AutoThink tags, or characters that are not text"
         if attempt.mode == "on" and not attempt.think:
             return False, task.item.verifier, "think-on answer without reasoning"
         if not task.ground_truth:
-            judge = critic
-            if judge is None:
+            if critic is None:
                 return False, "critic", "no ground truth and no critic"
-            ok = judge.approves(task, attempt)
-            return ok, "critic", None if ok else "the critic rejected it"
+            if critic.approves(task, attempt):
+                return True, "critic", None
+            if outcome is not None:
+                outcome.critic_rejections += 1
+            return False, "critic", "the critic rejected it"
         verdict = grade(task.item, attempt.answer)
         return verdict.passed, verdict.verifier, verdict.reason
 
@@ -289,8 +301,9 @@ class DatasetBuilder:
         if mode == "off":
             if verified:
                 return _Chosen(verified[0][0], "teacher", verified[0][1])
-            if task.ground_truth and task.reference:
-                return _Chosen(Attempt("off", "", task.reference.strip(), 0), "reference", grade_tuple(task))
+            reference = task.reference.strip()
+            if task.ground_truth and reference and _usable(reference):
+                return _Chosen(Attempt("off", "", reference, 0), "reference", grade_tuple(task))
             return None
         candidates = list(verified)
         for attempt_round in range(self.options.retries + 1):
@@ -300,7 +313,7 @@ class DatasetBuilder:
                 outcome.critic_rejections += 1
             if attempt_round < self.options.retries:
                 fresh = teacher.attempt(task, "on", self.options.votes + attempt_round)
-                verdict = self._passes(task, fresh, critic)
+                verdict = self._passes(task, fresh, critic, outcome)
                 candidates = [(fresh, verdict)] if verdict[0] else []
         return None
 
@@ -317,16 +330,20 @@ class DatasetBuilder:
         prompt: str,
         mode: Mode,
         chosen_by: str,
-        intent: str | None,
+        intent: str,
         judge: str,
         chosen: _Chosen,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The dataset row; None when the parts cannot be rendered so that the gate reads them back."""
         parts = gate.Parts(
             judge, mode, chosen.attempt.think.strip() if mode == "on" else "", chosen.attempt.answer.strip()
         )
-        text = gate.render_kat(parts)
+        try:
+            text = gate.render_kat(parts)
+        except ValueError:
+            return None  # a tag in the judge or answer (a repository about LLMs), or an unstripped part
         if gate.split(text) != parts:
-            raise AssertionError(f"record {record_id} does not round-trip through the gate")
+            return None
         passed, verifier, reason = chosen.verdict
         return {
             "id": record_id,
@@ -337,11 +354,11 @@ class DatasetBuilder:
             "think": parts.think,
             "answer": parts.answer,
             "kind": task.kind,
-            "level": task.item.level,
-            "source_file": task.source_file,
-            "symbol": task.symbol,
+            "level": task.item.level or 0,  # 0: the source grades no difficulty
+            "source_file": task.source_file or "",
+            "symbol": task.symbol or "",
             "verifier": verifier,
-            "verdict": {"passed": passed, "reason": reason},
+            "verdict": {"passed": passed, "reason": reason or ""},
             "answer_from": chosen.source,
             "chosen_by": chosen_by,
             "intent": intent,
@@ -360,13 +377,32 @@ def grade_tuple(task: Task) -> tuple[bool, str, str | None]:
     return verdict.passed, verdict.verifier, verdict.reason
 
 
+def outcome_key(task_id: str) -> str:
+    """The task id as the outcome log stores it: hashed when it would show a secret (a file name)."""
+    if redact(task_id)[1]:
+        return "withheld:" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return task_id
+
+
+def _usable(text: str) -> bool:
+    """Text a record can hold: encodable (no lone surrogates) and free of AutoThink tags."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not gate.has_tag(text)
+
+
 def _verdict_lists(verdicts: dict[str, list[tuple[bool, str, str | None]]]) -> dict[str, list[bool]]:
     return {mode: [v[0] for v in rows] for mode, rows in verdicts.items()}
 
 
 def _holds_secret(record: dict[str, Any]) -> bool:
     """Whether any string in the record is something the index's secret filter withholds."""
-    return any(redact(text)[1] for text in _strings(record))
+    try:
+        return any(redact(text)[1] for text in _strings(record))
+    except UnicodeEncodeError:
+        return True  # not text a dataset can hold either
 
 
 def _strings(value: object) -> list[str]:

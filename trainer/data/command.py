@@ -19,8 +19,8 @@ from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
 from katpilot.eval.command import open_engines, progress_bar
 from katpilot.eval.records import write_atomic
-from katpilot.models import profile_for, sampling_params
-from trainer.data.builder import RECORDS_FILE, DataJournal, DataOptions, DatasetBuilder, Workers
+from katpilot.models import profile_for, remote_spec, sampling_params
+from trainer.data.builder import RECORDS_FILE, STATE_DIR, DataJournal, DataOptions, DatasetBuilder, Workers
 from trainer.data.card import render_card
 from trainer.data.sources import collect_tasks
 from trainer.data.tasks import Task
@@ -87,6 +87,11 @@ def run_data(
             teacher_engines = stack.enter_context(open_engines(teacher_settings, run.jobs, echo, engines))
         critic_engines = stack.enter_context(_critic_engines(settings, run, echo, teacher_engines))
         workers = _workers(settings, run, teacher_engines, critic_engines, programmatic)
+        for task in tasks:
+            workers[0].teacher_for(task)  # a missing teacher is an error before the directory is made
+        if run.options.votes > 1 and teacher_engines and settings.temperature == 0:
+            echo("katpilot: --temperature 0 makes every vote the same answer; sample with --temperature 0.7")
+        _check_out(run.out)
         fingerprint = _fingerprint(settings, run, tasks, workers[0], teacher_engines)
         journal = DataJournal(run.out, fingerprint)
         stack.callback(journal.close)
@@ -119,8 +124,21 @@ def _critic_engines(
     elif run.critic == SAME_AS_TEACHER:
         yield teacher_engines
     else:
-        with open_engines(replace(settings, model=run.critic), len(teacher_engines), echo, None) as engines:
+        critic_settings = replace(settings, model=run.critic)
+        if len(teacher_engines) > 1 and remote_spec(run.critic, settings) is None:
+            raise KatpilotError(
+                "a local critic answers one request at a time, so it cannot serve --jobs workers",
+                "give --jobs 1, a critic on a server, or --critic teacher",
+            )
+        with open_engines(critic_settings, len(teacher_engines), echo, None) as engines:
             yield engines
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a directory that holds other things: the card would replace its README.md."""
+    made_by_us = (out / STATE_DIR / "run.json").exists()
+    if out.exists() and not made_by_us and (not out.is_dir() or any(out.iterdir())):
+        raise KatpilotError(f"{out} exists and is not a dataset katpilot made", "give --out a new or empty directory")
 
 
 def _workers(
@@ -150,7 +168,7 @@ def _fingerprint(
     info = engines[0].info if engines else None
     return {
         "repo": str(run.repo.resolve()) if run.repo else None,
-        "kinds": list(run.kinds),
+        "kinds": sorted(run.kinds),
         "prompts": str(run.prompts.resolve()) if run.prompts else None,
         "teacher": info.name if info else PROGRAMMATIC,
         "teacher_path": info.path if info else None,

@@ -12,8 +12,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from katpilot import gate
 from katpilot.errors import KatpilotError
-from katpilot.eval.items import EvalItem
+from katpilot.eval.items import EvalItem, grade
 from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task
 
 ARITHMETIC_SEED_OFFSET = 10_000
@@ -97,6 +98,11 @@ def load_prompts(path: Path) -> list[Task]:
                 f"{where}: 'answer' must be a string and 'verifier' one of {', '.join(PROMPT_VERIFIERS)}",
                 "fix that line",
             )
+        answer = answer.strip()
+        if _has_lone_surrogate(row["prompt"] + answer) or gate.has_tag(answer):
+            raise KatpilotError(
+                f"{where}: the prompt or answer holds AutoThink tags or broken characters", "fix that line"
+            )
         task_id = f"prompt:{row.get('id', number)}"
         item = EvalItem(
             id=task_id,
@@ -105,10 +111,23 @@ def load_prompts(path: Path) -> list[Task]:
             expected=answer,
             accepted=(answer,) if verifier == "mentions" else (),
         )
+        if answer and not grade(item, answer).passed:
+            raise KatpilotError(
+                f"{where}: its own answer {answer[:40]!r} fails the {verifier} verifier",
+                "fix the answer or the verifier",
+            )
         tasks.append(Task(item, "prompt", reference=answer, ground_truth=bool(answer)))
     if len({t.id for t in tasks}) != len(tasks):
         raise KatpilotError(f"{path} gives two prompts the same 'id'", "make every id unique")
     return tasks
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _suite_task(item: EvalItem, kind: str, reference: str) -> Task:

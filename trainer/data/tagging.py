@@ -6,7 +6,8 @@ After HiPO (the KAT team's follow-up to KAT-V1):
 2. Think-off when its pass rate is within `margin` of think-on's or above it (thinking must pay by
    more than the margin to be taught); otherwise think-on.
 3. A `random_share` of tasks (default 1%) takes a random mode instead, so both modes stay
-   represented even where one always wins (the draw is seeded by the task id: reruns agree).
+   represented even where one always wins (the draw is seeded by the task id: reruns agree). A
+   record says `chosen_by: random` only where the draw overturned the rule.
 4. The record keeps the shortest verified answer of the chosen mode (fewest completion tokens).
 """
 
@@ -42,7 +43,8 @@ def choose_mode(
 ) -> Tagging:
     """Steps 2 and 3 for one task."""
     rng = random.Random(f"katpilot-tagging:{seed}:{task_id}")
+    rule = rule_mode(off_rate, on_rate, margin)
     if rng.random() < random_share:
         mode: Mode = "on" if rng.random() < 0.5 else "off"
-        return Tagging(mode, "random")
-    return Tagging(rule_mode(off_rate, on_rate, margin), "rates")
+        return Tagging(mode, "random" if mode != rule else "rates")
+    return Tagging(rule, "rates")

@@ -150,7 +150,7 @@ class ProgrammaticTeacher:
         _, steps = _work(task)
         n = len(steps)
         if mode == "on":
-            return f"This takes {n} operations in a row, so I should work through them one at a time."
+            return f"This takes {n} operation{'s' if n > 1 else ''} in a row, so I should work it out step by step."
         if n == 1:
             return "This is a single operation on small numbers, so I can answer directly."
         return f"Only {n} simple operations: I can keep them in my head and answer directly."
@@ -178,7 +178,9 @@ def first_sentence(text: str) -> str:
     if gate.has_tag(text):
         return ""
     match = re.match(r"(.+?[.!?])(?:\s|$)", text)
-    sentence = (match.group(1) if match else text).strip()
+    if match is None:
+        return ""  # cut off before its end (the token limit): a fragment teaches nothing
+    sentence = match.group(1).strip()
     return sentence if 3 <= len(sentence.split()) <= 60 else ""
 
 

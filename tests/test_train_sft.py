@@ -1,0 +1,180 @@
+"""Cold-start SFT: tags as tokens, answer-only labels, the run directory, LoRA and full, exact resume,
+and (slow) the embedded model learning the AutoThink format and its labelled modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from quant_helpers import tiny_checkpoint  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from katpilot import gate  # noqa: E402
+from katpilot.errors import KatpilotError  # noqa: E402
+from trainer import run_dir  # noqa: E402
+from trainer.chat_data import IGNORE, load_chats, tokenize_chat  # noqa: E402
+from trainer.config import SFTConfig, resolve  # noqa: E402
+from trainer.data.builder import DataOptions  # noqa: E402
+from trainer.data.command import DataRun, run_data  # noqa: E402
+from trainer.model_io import AUTOTHINK_TAGS, add_autothink_tokens, load_student  # noqa: E402
+from trainer.sft import run_sft  # noqa: E402
+
+SYSTEM = SFTConfig().system_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny(smol_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint("llama", smol_checkpoint, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def arithmetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "arith"
+    run_data(_settings(), DataRun(out=out, kinds=("arithmetic",), teacher="programmatic", limit=64))
+    return out
+
+
+def _settings():
+    from katpilot import config as config_mod
+
+    return config_mod.load_settings().settings
+
+
+def test_tags_become_single_tokens_initialised_from_their_sub_words(tiny: Path) -> None:
+    model, tokenizer = load_student(tiny)
+    pieces = {tag: tokenizer.encode(tag, add_special_tokens=False) for tag in AUTOTHINK_TAGS}
+    before = model.get_input_embeddings().weight.detach().clone()
+    added = add_autothink_tokens(model, tokenizer)
+    assert len(added) == len(AUTOTHINK_TAGS) and len(tokenizer) == before.shape[0] + len(added)
+    embed = model.get_input_embeddings().weight
+    for tag, new_id in zip(AUTOTHINK_TAGS, added, strict=True):
+        assert tokenizer.encode(tag, add_special_tokens=False) == [new_id]
+        assert torch.allclose(embed[new_id], before[pieces[tag]].mean(dim=0))
+    assert gate.THINK_ON in tokenizer.chat_template  # profile detection finds kat from the template too
+    assert add_autothink_tokens(model, tokenizer) == []  # a second call adds nothing
+
+
+def test_labels_cover_the_answer_only(tiny: Path, arithmetic_data: Path) -> None:
+    model, tokenizer = load_student(tiny)
+    add_autothink_tokens(model, tokenizer)
+    chat = load_chats(arithmetic_data)[0]
+    row = tokenize_chat(tokenizer, chat, SYSTEM, 1024)
+    assert row is not None
+    answer_ids = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE]
+    text = tokenizer.decode(answer_ids)
+    assert text.startswith(chat[-1]["content"]) and text.endswith("<|im_end|>")
+    prompt_text = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab == IGNORE])
+    assert SYSTEM in prompt_text and chat[0]["content"] in prompt_text and gate.JUDGE_OPEN not in prompt_text
+    assert tokenize_chat(tokenizer, chat, SYSTEM, 8) is None  # too long: skipped, not cut
+
+
+def test_bad_data_is_one_line_naming_record_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": [{"role": "user", "content": 3}]}\n'
+    )
+    with pytest.raises(KatpilotError, match=r"line 2: messages\[0\]\.content must be a string"):
+        load_chats(bad)
+    with pytest.raises(KatpilotError, match="no training data"):
+        load_chats(tmp_path / "missing")
+    with pytest.raises(KatpilotError, match="unknown key 'lr'"):
+        recipe = tmp_path / "r.toml"
+        recipe.write_text("[sft]\nlr = 1\n")
+        resolve(recipe, "sft", {})
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_run_trains_and_writes_its_directory(tiny: Path, arithmetic_data: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "run"
+    flags = {"model": str(tiny), "data": str(arithmetic_data), "method": method, "max_steps": 6, "batch_size": 4}
+    result = run_sft(resolve(None, "sft", flags | {"learning_rate": 3e-3, "save_steps": 3}), out)
+    assert result.steps == 6 and result.records > 60 and not result.resumed
+    rows = run_dir.read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["loss"] < rows[0]["loss"]  # it learns (a fixed seed, a high rate)
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    config = (out / run_dir.CONFIG_FILE).read_text()
+    assert f'method = "{method}"  # flag' in config and "lora_alpha = 32  # default" in config
+    assert (out / "report.md").read_text().count("Loss ") == 1 and (out / run_dir.PLOT_FILE).stat().st_size > 1000
+    final = result.final
+    if method == "lora":
+        assert (final / "adapter_model.safetensors").exists()
+        from peft import AutoPeftModelForCausalLM
+
+        loaded = AutoPeftModelForCausalLM.from_pretrained(final)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(final)
+    assert loaded.get_input_embeddings().weight.shape[0] == 49152 + len(AUTOTHINK_TAGS)
+
+
+class _StopAt(TrainerCallback):
+    """Stops the run at the start of a step, after a checkpoint: a kill, on purpose."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:
+    flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 5, "batch_size": 4}
+    flags |= {"learning_rate": 3e-3, "save_steps": 2}
+    whole = tmp_path / "whole"
+    run_sft(resolve(None, "sft", flags), whole)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(
+            resolve(None, "sft", flags), cut, callbacks=[_StopAt(3)]
+        )  # killed after checkpoint-2 ... and step 3? no: before
+    result = run_sft(resolve(None, "sft", flags), cut)
+    assert result.resumed
+    expected = {r["step"]: r["loss"] for r in run_dir.read_metrics(whole)}
+    got = {r["step"]: r["loss"] for r in run_dir.read_metrics(cut)}
+    assert sorted(got) == [1, 2, 3, 4, 5]
+    assert got[3] == expected[3] and got[5] == expected[5]  # exactly: same data position, RNG and optimizer
+    with pytest.raises(KatpilotError, match="another batch_size"):
+        run_sft(resolve(None, "sft", flags | {"batch_size": 2}), cut)
+
+
+@pytest.mark.slow
+def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_path: Path, tmp_path: Path) -> None:
+    """About 64 AutoThink records (programmatic arithmetic: short problems off, long ones on), full SFT of
+    the embedded SmolLM2-135M from its GGUF; then greedy answers to those prompts parse with the gate
+    with no repair (>= 90%) in the labelled mode (>= 90%)."""
+    data = tmp_path / "data"
+    run_data(
+        _settings(),
+        DataRun(out=data, kinds=("arithmetic",), teacher="programmatic", limit=64, options=DataOptions(intent_share=0)),
+    )
+    flags = {"model": str(model_path), "data": str(data), "method": "full", "epochs": 4.0, "batch_size": 8}
+    result = run_sft(resolve(None, "sft", flags | {"learning_rate": 5e-5, "save_steps": 1000}), tmp_path / "run")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(result.final)
+    tokenizer = AutoTokenizer.from_pretrained(result.final)
+    records = [json.loads(line) for line in (data / "records.jsonl").read_text().splitlines()]
+    well_formed = labelled = 0
+    for record in records:
+        messages = [{"role": "system", "content": SYSTEM}, record["messages"][0]]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=120, do_sample=False)
+        text = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=False)
+        text = text.split("<|im_end|>")[0]
+        parts = gate.split(text)
+        ok = all(t in text for t in (gate.JUDGE_CLOSE, gate.ANSWER_OPEN, gate.ANSWER_CLOSE)) and (
+            (gate.THINK_ON in text) != (gate.THINK_OFF in text)
+        )
+        well_formed += ok
+        labelled += ok and parts.mode == record["mode"]
+    assert well_formed >= 0.9 * len(records), well_formed
+    assert labelled >= 0.9 * len(records), labelled

@@ -1,0 +1,81 @@
+"""Chat records for supervised training: read, checked, tokenized with loss on the answer only.
+
+A record is any JSON object with `messages` (the data stage's records, or any JSONL of chats). The
+last message must be the assistant's; it is the only one the loss sees (labels -100 elsewhere). The
+system prompt serving sends is put first when a record has none, so the model is trained on the
+prompt it will be served with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+
+IGNORE = -100
+ROLES = ("system", "user", "assistant")
+
+
+def data_file(spec: str | Path) -> Path:
+    """The JSONL file of a dataset directory (records.jsonl) or the file itself."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "records.jsonl"
+    if not path.is_file():
+        raise KatpilotError(f"no training data at {spec}", "give a `katpilot train data` directory or a JSONL file")
+    return path
+
+
+def load_chats(spec: str | Path) -> list[list[dict[str, str]]]:
+    """Every record's messages, checked; a bad record is one error naming its line and field."""
+    path = data_file(spec)
+    chats = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KatpilotError(f"{where} is not JSON ({exc.msg})", "write one JSON object per line") from None
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise KatpilotError(f"{where}: field 'messages' is missing or empty", "give a list of {role, content}")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
+                raise KatpilotError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}", "fix the record")
+            if not isinstance(message.get("content"), str):
+                raise KatpilotError(f"{where}: messages[{i}].content must be a string", "fix the record")
+        if messages[-1]["role"] != "assistant":
+            raise KatpilotError(f"{where}: the last message must be the assistant's", "end each record with the answer")
+        chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not chats:
+        raise KatpilotError(f"{path} holds no records", "build a dataset with `katpilot train data`")
+    return chats
+
+
+def tokenize_chat(
+    tokenizer: Any, messages: list[dict[str, str]], system_prompt: str, max_length: int
+) -> dict[str, list[int]] | None:
+    """input_ids, attention_mask and labels (answer tokens only); None when longer than max_length."""
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise KatpilotError(
+            "the chat template renders the answer's turn differently from its generation prompt",
+            "use a model whose template opens the assistant turn the same way in both",
+        )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :].rstrip("\n"), add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + answer_ids
+    if len(ids) > max_length:
+        return None
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [IGNORE] * len(prompt_ids) + answer_ids,
+    }

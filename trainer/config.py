@@ -1,0 +1,132 @@
+"""A training stage's settings: defaults, then a recipe file's table, then flags; each value's source kept.
+
+Like `katpilot config show`: the run directory's `config.toml` says, next to every value, where it
+came from, so a run can be read back and repeated. A rerun into the same directory with other
+settings is refused (a run is one configuration).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+
+SOURCE_DEFAULT = "default"
+SOURCE_FLAG = "flag"
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Cold-start SFT (and the knobs later stages share). Defaults are what a laptop run wants."""
+
+    model: str = ""  # a checkpoint directory, a GGUF, or a model name
+    data: str = ""  # a dataset directory (records.jsonl) or a JSONL file with `messages`
+    method: str = "lora"  # "lora" or "full"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"  # peft's target_modules: "all-linear" or comma-separated names
+    learning_rate: float = 0.0  # 0: 2e-4 for LoRA, 5e-5 for full fine-tuning
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024  # tokens per record; longer records are skipped (counted)
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_steps: int = 50
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = False
+    system_prompt: str = "You are katpilot, a concise and careful coding assistant."  # what serving sends
+    merge: bool = False  # LoRA: also write the merged model to final/
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in ("lora", "full"):
+            problems.append(f"method must be lora or full, not {self.method!r}")
+        for name in (
+            "lora_rank",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "save_steps",
+            "logging_steps",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.learning_rate < 0 or self.epochs <= 0 or not 0 <= self.lora_dropout < 1:
+            problems.append("learning_rate must be >= 0, epochs > 0 and lora_dropout within [0, 1)")
+        if problems:
+            raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate > 0:
+            return self.learning_rate
+        return 2e-4 if self.method == "lora" else 5e-5
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: SFTConfig
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def resolve(recipe: Path | None, table: str, flags: dict[str, Any]) -> Resolved:
+    """Defaults < the recipe's `[table]` < flags (None = not given)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {f.name: SOURCE_DEFAULT for f in fields(SFTConfig)}
+    known = {f.name: f for f in fields(SFTConfig)}
+    if recipe is not None:
+        try:
+            data = tomllib.loads(recipe.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise KatpilotError(f"cannot read the recipe {recipe} ({exc})", "give a TOML file") from None
+        section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise KatpilotError(f"{recipe}: [{table}] must be a table", "write it as [sft] with key = value lines")
+        for key, value in section.items():
+            if key not in known:
+                raise KatpilotError(f"{recipe}: [{table}] has an unknown key {key!r}", f"known: {', '.join(known)}")
+            values[key] = value
+            sources[key] = f"{recipe}"
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = value
+            sources[key] = SOURCE_FLAG
+    for key, value in values.items():
+        want = type(getattr(SFTConfig(), key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif not isinstance(values[key], want) or (want is int and isinstance(value, bool)):
+            raise KatpilotError(f"{key} must be a {want.__name__}, not {value!r}", "fix the recipe or the flag")
+    return Resolved(SFTConfig(**values), sources)
+
+
+def to_toml(resolved: Resolved, table: str) -> str:
+    """The run's config.toml: every value, with where it came from."""
+    lines = [f"# resolved settings of this run; each value's source after it\n[{table}]"]
+    for f in fields(SFTConfig):
+        value = getattr(resolved.config, f.name)
+        lines.append(f"{f.name} = {_toml_value(value)}  # {resolved.sources.get(f.name, SOURCE_DEFAULT)}")
+    return "\n".join(lines) + "\n"
+
+
+def read_toml(path: Path, table: str) -> dict[str, Any]:
+    section = tomllib.loads(path.read_text(encoding="utf-8")).get(table, {})
+    return section if isinstance(section, dict) else {}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'

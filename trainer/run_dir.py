@@ -1,0 +1,148 @@
+"""A run directory: config.toml, metrics.jsonl, checkpoints/, final/, report.md (+ report.png).
+
+    runs/<name>/config.toml     resolved settings and where each came from
+                metrics.jsonl   one line per logged step (loss, learning rate, grad norm, tokens/s)
+                checkpoints/    transformers' checkpoint-N/ (model or adapter, optimizer, scheduler, RNG)
+                final/          the model to export (the adapter alone for LoRA; merged/ on request)
+                report.md       what the run did, with its curves (report.png)
+
+The checkpoints are transformers' own (`Trainer` saves and resumes them: optimizer, scheduler, RNG
+and data position); this module only adds what it does not: the config with sources, the metrics
+file, and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+from katpilot.eval.records import make_output_dir, write_atomic
+from trainer.config import Resolved, read_toml, to_toml
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+REPORT_FILE = "report.md"
+PLOT_FILE = "report.png"
+# Settings a resumed run may change without changing what it computes.
+MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "merge"})
+
+
+def prepare(out: Path, resolved: Resolved, table: str) -> bool:
+    """Make the run directory (or check a resumed one's config); True when resuming."""
+    make_output_dir(out)
+    path = out / CONFIG_FILE
+    if path.exists():
+        before = read_toml(path, table)
+        now = read_toml_text(to_toml(resolved, table), table)
+        changed = [k for k in sorted(set(before) | set(now)) if k not in MAY_CHANGE and before.get(k) != now.get(k)]
+        if changed:
+            key = changed[0]
+            raise KatpilotError(
+                f"{out} holds a run with another {key} ({before.get(key)!r}, now {now.get(key)!r})",
+                "give another --out, or delete that directory to start over",
+            )
+    write_atomic(path, to_toml(resolved, table))
+    checkpoint = last_checkpoint(out)
+    _keep_metrics_until(out, checkpoint_step(checkpoint) if checkpoint else 0)
+    return checkpoint is not None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _keep_metrics_until(out: Path, step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: their old metric lines go."""
+    rows = read_metrics(out)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) != len(rows) or ((out / METRICS_FILE).exists() and not rows):
+        write_atomic(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_toml_text(text: str, table: str) -> dict[str, Any]:
+    import tomllib
+
+    section = tomllib.loads(text).get(table, {})
+    return section if isinstance(section, dict) else {}
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    folder = out / CHECKPOINTS
+    found = sorted(
+        folder.glob("checkpoint-*"),
+        key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1,
+    )
+    return found[-1] if found else None
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step; tokens/s from the tokens counted since the last line."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / METRICS_FILE
+        self.tokens = 0
+        self._last_tokens = 0
+        self._last_time = time.perf_counter()
+
+    def write(self, step: int, logs: dict[str, float]) -> dict[str, Any]:
+        now = time.perf_counter()
+        row: dict[str, Any] = {"step": step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        row["tokens_per_s"] = (self.tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
+        self._last_tokens, self._last_time = self.tokens, now
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn line of a killed run
+    return rows
+
+
+def write_report(out: Path, title: str, facts: list[str]) -> None:
+    """report.md with the loss, learning-rate and tokens/s curves (report.png)."""
+    rows = [r for r in read_metrics(out) if "loss" in r]
+    lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], ""]
+    if rows:
+        _plot(out, rows)
+        first, last = rows[0], rows[-1]
+        lines += [
+            f"Loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {last['step']}.",
+            "",
+            f"![loss, learning rate and tokens/s]({PLOT_FILE})",
+            "",
+        ]
+    write_atomic(out / REPORT_FILE, "\n".join(lines))
+
+
+def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    series = [("loss", "loss"), ("learning_rate", "learning rate"), ("tokens_per_s", "tokens/s")]
+    shown = [(key, label) for key, label in series if any(key in r for r in rows)]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.4 * len(shown)), sharex=True)
+    for ax, (key, label) in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.supxlabel("step")
+    fig.tight_layout()
+    fig.savefig(out / PLOT_FILE, dpi=110)
+    plt.close(fig)

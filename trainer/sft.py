@@ -1,0 +1,169 @@
+"""Cold-start AutoThink SFT (`katpilot train sft`): the format and a first mode prior, on transformers.
+
+What comes from the libraries: the loop, gradient accumulation, mixed precision, checkpoints and
+resume (optimizer, scheduler, RNG, data position), DDP/FSDP under `accelerate launch`/`torchrun`
+(`transformers.Trainer`), LoRA (`peft`), padding (`DataCollatorForSeq2Seq`). What is ours: loading
+a GGUF student and adding the AutoThink tags (`model_io`), the answer-only labels with serving's
+system prompt (`chat_data`), the run directory with its config sources, metrics and report
+(`run_dir`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+from trainer import run_dir
+from trainer.chat_data import load_chats, tokenize_chat
+from trainer.config import Resolved, SFTConfig
+from trainer.model_io import add_autothink_tokens, load_student
+
+TABLE = "sft"
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    out: Path
+    records: int
+    skipped: int  # records longer than max_length
+    steps: int
+    final: Path
+    resumed: bool
+
+
+def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFTResult:
+    """Train (or resume) and write final/ and the report. `callbacks`: extra transformers callbacks."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    cfg = resolved.config
+    if not cfg.model or not cfg.data:
+        raise KatpilotError("sft needs a model and data", "give --model and --data (or set them in the recipe)")
+    chats = load_chats(cfg.data)  # bad data fails before the model loads
+    resumed = run_dir.prepare(out, resolved, TABLE)
+    set_seed(cfg.seed)
+    model, tokenizer = load_student(cfg.model)
+    added = add_autothink_tokens(model, tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = [tokenize_chat(tokenizer, chat, cfg.system_prompt, cfg.max_length) for chat in chats]
+    examples = [r for r in rows if r is not None]
+    if not examples:
+        raise KatpilotError(f"every record is longer than max_length {cfg.max_length}", "raise --max-length")
+    if cfg.method == "lora":
+        model = _with_lora(model, cfg, added)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+
+    metrics = run_dir.MetricsLog(out)
+
+    class Counting(Trainer):
+        """Counts the tokens each step trains on (for tokens/s); the loss is transformers' own."""
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            metrics.tokens += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    class Metrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and state.is_world_process_zero and "loss" in logs:
+                metrics.write(state.global_step, logs)
+
+    use_gpu = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out / run_dir.CHECKPOINTS),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not use_gpu,
+        bf16=use_gpu and torch.cuda.is_bf16_supported(),
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = Counting(
+        model=model,
+        args=args,
+        train_dataset=_Examples(examples),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[Metrics(), *callbacks],
+    )
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resumed else None)
+    except torch.OutOfMemoryError:
+        raise KatpilotError(
+            "out of memory while training",
+            "lower batch_size (raise grad_accum to keep the effective batch), lower max_length, "
+            "use method = lora, or set gradient_checkpointing = true",
+        ) from None
+    final = _save_final(trainer, model, tokenizer, cfg, out)
+    steps = int(result.global_step)
+    facts = [
+        f"model `{cfg.model}`, {cfg.method}"
+        + (f" (rank {cfg.lora_rank}, alpha {cfg.lora_alpha})" if cfg.method == "lora" else ""),
+        f"data `{cfg.data}`: {len(examples)} records trained, {len(rows) - len(examples)} skipped (longer than {cfg.max_length} tokens)",
+        f"{steps} steps, batch {cfg.batch_size} x {cfg.grad_accum}, learning rate {cfg.lr:g}, seed {cfg.seed}",
+        f"final model: `{final}`",
+    ]
+    run_dir.write_report(out, f"SFT run {out.name}", facts)
+    return SFTResult(out, len(examples), len(rows) - len(examples), steps, final, resumed)
+
+
+class _Examples:
+    """A map-style dataset over the tokenized records (a list is all the Trainer needs)."""
+
+    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]
+
+
+def _with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
+    """peft LoRA on the linear layers; the new tag rows train too (peft's trainable tokens, tied head included).
+
+    An adapter with new token rows cannot go into a llama.cpp adapter GGUF (it cannot add tokens):
+    export such a run merged (`katpilot quant export final/ --lora ... --merge`, or `merge = true`).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = cfg.lora_targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    config = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        trainable_token_indices=new_tokens or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _save_final(trainer: Any, model: Any, tokenizer: Any, cfg: SFTConfig, out: Path) -> Path:
+    final = out / run_dir.FINAL
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(final)
+    if cfg.method == "lora" and cfg.merge:
+        merged = final / "merged"
+        model.merge_and_unload().save_pretrained(merged)
+        tokenizer.save_pretrained(merged)
+        return merged
+    return final

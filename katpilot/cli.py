@@ -35,7 +35,8 @@ quant_app = typer.Typer(help="Quantize GGUF models (llama.cpp's quantizer).", no
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 train_app = typer.Typer(
-    help="Build training data from a repository (more stages come with the train extra).", no_args_is_help=True
+    help="Train an AutoThink model on your code: data (serving install), then sft (the train extra).",
+    no_args_is_help=True,
 )
 app.add_typer(quant_app, name="quant")
 app.add_typer(train_app, name="train")
@@ -546,6 +547,40 @@ def train_data(
     summary = run_data(settings, run, show_progress=sys.stderr.isatty())
     for line in summary_lines(summary):
         typer.echo(line)
+
+
+@train_app.command("sft")
+def train_sft(
+    out: Annotated[Path, typer.Option(help="Run directory; rerun with the same one to resume.")],
+    model: Annotated[str | None, typer.Option(help="Student: a checkpoint directory, a GGUF, or a model name.")] = None,
+    data: Annotated[str | None, typer.Option(help="A `train data` directory or a JSONL file of chats.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [sft] table sets defaults.")] = None,
+    method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
+    lora_rank: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Default: 2e-4 (LoRA), 5e-5 (full).")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (overrides epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    grad_accum: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per record; longer ones are skipped.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    save_steps: Annotated[int | None, typer.Option()] = None,
+    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: also write the merged model.")] = None,
+) -> None:
+    """Cold-start AutoThink SFT: teach the format and a first mode prior (LoRA or full; resumable)."""
+    from trainer.config import resolve
+    from trainer.sft import run_sft
+
+    flags = {
+        "model": model, "data": data, "method": method, "lora_rank": lora_rank, "learning_rate": learning_rate,
+        "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
+        "max_length": max_length, "seed": seed, "save_steps": save_steps, "merge": merge,
+    }  # fmt: skip
+    result = run_sft(resolve(recipe, "sft", flags), out)
+    state = "resumed and finished" if result.resumed else "finished"
+    typer.echo(f"{state}: {result.steps} steps on {result.records} records ({result.skipped} skipped as too long)")
+    typer.echo(f"final model: {result.final}")
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 @quant_app.command("quantize")

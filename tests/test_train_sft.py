@@ -145,6 +145,7 @@ def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmet
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_path: Path, tmp_path: Path) -> None:
     """About 64 AutoThink records (programmatic arithmetic: short problems off, long ones on), full SFT of
     the embedded SmolLM2-135M from its GGUF; then greedy answers to those prompts parse with the gate
@@ -159,22 +160,62 @@ def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(result.final)
-    tokenizer = AutoTokenizer.from_pretrained(result.final)
+    tokenizer = AutoTokenizer.from_pretrained(result.final, padding_side="left")
     records = [json.loads(line) for line in (data / "records.jsonl").read_text().splitlines()]
-    well_formed = labelled = 0
-    for record in records:
-        messages = [{"role": "system", "content": SYSTEM}, record["messages"][0]]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, r["messages"][0]], tokenize=False, add_generation_prompt=True
+        )
+        for r in records
+    ]
+    texts = []
+    for start in range(0, len(prompts), 16):  # batched greedy decoding, left-padded
+        batch = tokenizer(prompts[start : start + 16], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=120, do_sample=False)
-        text = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=False)
-        text = text.split("<|im_end|>")[0]
+            out = model.generate(**batch, max_new_tokens=160, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, batch["input_ids"].shape[1] :]:
+            texts.append(tokenizer.decode(row, skip_special_tokens=False).split("<|im_end|>")[0])
+    well_formed = labelled = 0
+    for record, text in zip(records, texts, strict=True):
         parts = gate.split(text)
         ok = all(t in text for t in (gate.JUDGE_CLOSE, gate.ANSWER_OPEN, gate.ANSWER_CLOSE)) and (
             (gate.THINK_ON in text) != (gate.THINK_OFF in text)
         )
         well_formed += ok
         labelled += ok and parts.mode == record["mode"]
+    print(f"well-formed {well_formed}/{len(records)}, labelled mode {labelled}/{len(records)}")
     assert well_formed >= 0.9 * len(records), well_formed
     assert labelled >= 0.9 * len(records), labelled
+
+
+def test_the_command_reports_missing_inputs_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "katpilot", "train", "sft", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "sft needs a model and data" in proc.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "katpilot",
+            "train",
+            "sft",
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            "x",
+            "--data",
+            "nowhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no training data at nowhere" in proc.stderr

@@ -39,6 +39,7 @@ class EvalItem:
     prelude: str = ""  # python_tests: code the answer continues (HumanEval's prompt), kept before it
     level: int | None = None  # difficulty, where the suite grades it
     min_similarity: float = 0.8  # similar: the least token similarity (0..1) that passes
+    code_language: str = ""  # similar: the texts are code in this index language (comments dropped); "": prose
     meta: dict[str, str] = field(default_factory=dict)  # what a generated item asks about (repo: kind, name)
 
 
@@ -65,7 +66,7 @@ def _grade(item: EvalItem, answer: str) -> Verdict:
     if item.verifier == "ast":
         return ast_match(answer, item.expected)
     if item.verifier == "similar":
-        return similarity_match(answer, item.expected, item.min_similarity)
+        return similarity_match(answer, item.expected, item.min_similarity, item.code_language or None)
     return python_tests(
         program_for(item, answer),
         item.tests,

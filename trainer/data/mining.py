@@ -10,27 +10,52 @@ line is never used.
 
 Kinds (see `REPO_KINDS`): "complete" (the body is masked), "fix" (one known bug is injected:
 `MUTATIONS`), "docstring" and "explain" (the doc is removed), "question" (eval's repository
-questions). Python code is checked by syntax tree (`ast`); other languages, and prose, by token
-similarity (`similar`).
+questions). Nothing that holds an AutoThink tag (a repository about LLMs may quote `</judge>`) is
+mined: it could not be rendered in the AutoThink format.
+
+How code answers are checked (`item.meta["check"]`):
+
+- "generated-tests": a Python function that runs on its own (its free names are builtins; no
+  imports, decorators or methods) with parameters of simple annotated types (int, float, bool, str,
+  None, and lists, tuples, dicts and unions of them) is run, as written, in the sandbox on seeded
+  inputs (edge values and its own literals) at mining time; the task becomes a `python_tests` item
+  of `assert f(args) == result` lines, so any correct function passes, however it is written. Kept
+  only when the tests tell apart at least two results, the reference passes them and the wrong
+  version (the bug, or the masked body) fails them. Done for the tasks that survive `per_kind`, a
+  sandbox run or three each.
+- "ast": other Python code must have the original's syntax tree (comments, docstrings and layout do
+  not count).
+- "similar": other languages, by token similarity with comments dropped on both sides; prose
+  (docstring, explain) by token similarity.
+- "mentions": questions, by the name the answer gives.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import dataclasses
+import json
+import os
 import random
 import re
+import secrets
+import symtable
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import tree_sitter as ts
 
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import EvalItem, VerifierName, grade
+from katpilot.eval.sandbox import run_python
 from katpilot.eval.suites.repo import questions_from_index
-from katpilot.eval.verify import text_similarity
+from katpilot.eval.verify import strip_comments, text_similarity
+from katpilot.gate import has_tag
 from katpilot.index import RepoIndex
 from katpilot.index.languages import LANGUAGES, language_for
 from katpilot.index.parse import Definition, parse_tree
@@ -43,6 +68,7 @@ CODE_SIMILARITY = 0.9  # complete / fix in languages we cannot run
 DOCSTRING_SIMILARITY = 0.5
 EXPLAIN_SIMILARITY = 0.35
 MUTATIONS = ("flip-compare", "off-by-one", "wrong-variable", "dropped-return")
+QUESTION_CANDIDATES = 200  # questions asked of the index when `per_kind` is None (each scans references)
 
 PyFunction = ast.FunctionDef | ast.AsyncFunctionDef
 Edit = tuple[int, int, str]  # replace the function text's [start, end) with the string
@@ -51,8 +77,10 @@ Edit = tuple[int, int, str]  # replace the function text's [start, end) with the
 def mine_repository(index: RepoIndex, kinds: Collection[str], seed: int = 0, per_kind: int | None = None) -> list[Task]:
     """Tasks of the given kinds (a subset of `REPO_KINDS`) from the repository of an open index.
 
-    Deterministic for a seed; `per_kind` caps each kind (None: every candidate). Ids are
-    `kind:path:qualified_name` (fix adds the mutation), stable while the code does not change.
+    Deterministic for a seed; `per_kind` caps each kind (None: every candidate, but at most
+    QUESTION_CANDIDATES questions). Ids are `kind:path:qualified_name` (fix adds the mutation),
+    stable while the code does not change. Python complete and fix tasks get generated tests where
+    their function allows (see the module's docstring), after the capping.
     """
     unknown = sorted(set(kinds) - set(REPO_KINDS))
     if unknown:
@@ -60,9 +88,10 @@ def mine_repository(index: RepoIndex, kinds: Collection[str], seed: int = 0, per
     index.refresh()
     sources = _sources(index)
     planted: Counter[str] = Counter()  # fix: mutations used so far, so every kind gets its turn
+    shown: dict[str, tuple[_Source, str]] = {}  # code task id: its function, and the wrong code shown
     miners: dict[str, Callable[[_Source, random.Random], Task | None]] = {
-        "complete": _complete,
-        "fix": lambda source, rng: _fix(source, rng, planted),
+        "complete": lambda source, rng: _complete(source, rng, shown),
+        "fix": lambda source, rng: _fix(source, rng, planted, shown),
         "docstring": _docstring,
         "explain": _explain,
     }
@@ -85,7 +114,7 @@ def mine_repository(index: RepoIndex, kinds: Collection[str], seed: int = 0, per
             if task is not None:
                 mined.append(task)
         tasks += mined
-    return tasks
+    return _with_generated_tests(tasks, shown, seed)
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -212,7 +241,7 @@ def _ts_body(node: ts.Node) -> ts.Node | None:
 # --- kinds ---------------------------------------------------------------------------------------
 
 
-def _complete(source: _Source, rng: random.Random) -> Task | None:
+def _complete(source: _Source, rng: random.Random, shown: dict[str, tuple[_Source, str]]) -> Task | None:
     """The function with its body masked; the answer is the whole function."""
     masked = _masked(source)
     if masked is None:
@@ -222,10 +251,15 @@ def _complete(source: _Source, rng: random.Random) -> Task | None:
         f"{_fence(masked, source.language)}\n\n"
         "Write the whole function, signature included, and answer with it in one code block."
     )
-    return _code_task("complete", source, source.key, prompt, wrong=masked)
+    task = _code_task("complete", source, source.key, prompt, wrong=masked)
+    if task is not None:
+        shown[task.id] = (source, masked)
+    return task
 
 
-def _fix(source: _Source, rng: random.Random, planted: Counter[str]) -> Task | None:
+def _fix(
+    source: _Source, rng: random.Random, planted: Counter[str], shown: dict[str, tuple[_Source, str]]
+) -> Task | None:
     """The function with one known bug injected; the answer is the function as written."""
     for mutation, buggy in _mutants(source, rng, planted):
         prompt = (
@@ -235,6 +269,7 @@ def _fix(source: _Source, rng: random.Random, planted: Counter[str]) -> Task | N
         task = _code_task("fix", source, f"{source.key}:{mutation}", prompt, wrong=buggy)
         if task is not None:
             planted[mutation] += 1
+            shown[task.id] = (source, buggy)
             return task
     return None
 
@@ -265,8 +300,12 @@ def _explain(source: _Source, rng: random.Random) -> Task | None:
 
 
 def _questions(index: RepoIndex, seed: int, per_kind: int | None) -> list[Task]:
-    """Eval's repository questions (where is X defined, what calls Y) as tasks."""
-    size = per_kind if per_kind is not None else 2 * len(index.definitions())
+    """Eval's repository questions (where is X defined, what calls Y) as tasks.
+
+    `per_kind` of them asked (None: QUESTION_CANDIDATES), fewer kept: only names defined once,
+    whose answer passes its own verifier.
+    """
+    size = per_kind if per_kind is not None else QUESTION_CANDIDATES
     tasks = []
     for item in questions_from_index(index, seed, size):
         name = item.meta["name"]
@@ -279,13 +318,14 @@ def _questions(index: RepoIndex, seed: int, per_kind: int | None) -> list[Task]:
             "question": item.meta["kind"],
             "name": name,
             "language": language_for(definition.path) or "",
+            "check": "mentions",
         }
         item = dataclasses.replace(
             item, id=f"question:{item.meta['kind']}:{definition.path}:{definition.qualified_name}", meta=meta
         )
-        reference = item.accepted[0]
-        if grade(item, reference).passed:
-            tasks.append(Task(item, "question", definition.path, name, reference))
+        task = Task(item, "question", definition.path, name, item.accepted[0])
+        if _untagged(task) and grade(item, task.reference).passed:
+            tasks.append(task)
     return tasks
 
 
@@ -295,19 +335,25 @@ def _code_task(kind: str, source: _Source, key: str, prompt: str, wrong: str) ->
     similarity = CODE_SIMILARITY
     if verifier == "similar" and kind == "fix":
         # The bug is one token or two: the buggy code is above any fixed threshold. Ask for more than it has.
-        similarity = max(similarity, (text_similarity(wrong, source.code) + 1) / 2)
+        code, buggy = strip_comments(source.code, source.language), strip_comments(wrong, source.language)
+        similarity = max(similarity, (text_similarity(buggy, code) + 1) / 2)
     item = EvalItem(
         id=f"{kind}:{key}",
         prompt=prompt,
         verifier=verifier,
         expected=source.code,
         min_similarity=similarity,
-        meta={"kind": kind, "name": source.name, "language": source.language},
+        code_language=source.language if verifier == "similar" else "",
+        meta={"kind": kind, "name": source.name, "language": source.language, "check": verifier},
     )
-    reference = _fence(source.code, source.language)
-    if not grade(item, reference).passed or grade(item, _fence(wrong, source.language)).passed:
+    task = Task(item, kind, source.path, source.name, _fence(source.code, source.language))
+    if (
+        not _untagged(task)
+        or not grade(item, task.reference).passed
+        or grade(item, _fence(wrong, source.language)).passed
+    ):
         return None
-    return Task(item, kind, source.path, source.name, reference)
+    return task
 
 
 def _doc_task(kind: str, source: _Source, prompt: str, similarity: float) -> Task | None:
@@ -318,11 +364,19 @@ def _doc_task(kind: str, source: _Source, prompt: str, similarity: float) -> Tas
         verifier="similar",
         expected=doc,
         min_similarity=similarity,
-        meta={"kind": kind, "name": source.name, "language": source.language},
+        meta={"kind": kind, "name": source.name, "language": source.language, "check": "similar"},
     )
-    if not grade(item, doc).passed:
+    task = Task(item, kind, source.path, source.name, doc)
+    if not _untagged(task) or not grade(item, doc).passed:
         return None
-    return Task(item, kind, source.path, source.name, doc)
+    return task
+
+
+def _untagged(task: Task) -> bool:
+    """Whether no text of the task holds an AutoThink tag (which no record could render)."""
+    item = task.item
+    texts = (item.prompt, item.expected, item.tests, task.reference, *item.accepted)
+    return not any(has_tag(text) for text in texts)
 
 
 def _fence(code: str, language: str) -> str:
@@ -554,3 +608,407 @@ def _walk(node: ts.Node) -> Iterator[ts.Node]:
     yield node
     for child in node.children:
         yield from _walk(child)
+
+
+# --- generated tests -----------------------------------------------------------------------------
+
+GENERATED_CASES = 40  # inputs tried per function
+GENERATED_TESTS = 8  # asserts kept per task
+MAX_RESULT_CHARS = 200  # the longest repr of an input or a result a test line may hold
+CALL_LIMIT_S = 0.25  # one call of the function in the sandbox; an input that takes longer is dropped
+CHECK_BUDGET_S = 3.0  # all the calls of one check run together
+_CHECK_WORKERS = max(1, min(4, os.cpu_count() or 1))  # sandbox runs at once (each is a child process)
+
+# Builtins whose result depends on the process or the machine, or that read, write or escape:
+# a function that uses them gets no generated tests. Sets are left out too: iterating a set of
+# strings is in a different order in each process (hash randomisation).
+_UNSAFE_BUILTINS = frozenset(
+    {
+        "__import__",
+        "breakpoint",
+        "compile",
+        "eval",
+        "exec",
+        "exit",
+        "frozenset",
+        "globals",
+        "hash",
+        "help",
+        "id",
+        "input",
+        "locals",
+        "memoryview",
+        "open",
+        "quit",
+        "set",
+        "vars",
+    }
+)
+_BUILTINS = frozenset(dir(builtins))
+# What a function with generated tests may not hold: imports, scope declarations, generators and
+# coroutines, sets (see above).
+_UNTESTABLE_NODES = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.Global,
+    ast.Nonlocal,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Await,
+    ast.AsyncFunctionDef,
+    ast.Set,
+    ast.SetComp,
+)
+
+# Compares a result with the expected one, floats within a relative 1e-9 (a sum taken in another
+# order is still right); in the tests only where a result holds a float, and in the check run.
+_SAME = """\
+def _kp_same(got, want):
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return got == want or abs(got - want) <= 1e-9 * max(1.0, abs(want))
+    if isinstance(want, (list, tuple)):
+        return (
+            type(got) is type(want) and len(got) == len(want) and all(_kp_same(g, w) for g, w in zip(got, want))
+        )
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(_kp_same(got[k], want[k]) for k in want)
+    return got == want
+"""
+
+# The check run: the original and the wrong version, each in its own namespace, called on every
+# input (the original twice: a result must repeat), each call under an interval timer. One line per
+# input on stdout, after a marker: [index, "keep", repr of the result, "caught" | "same" | "slow"]
+# or [index, "drop"].
+_CHECK = """\
+import ast as _kp_ast
+import json as _kp_json
+import signal as _kp_signal
+import time as _kp_time
+
+{same}
+
+class _KpSlow(BaseException):
+    pass
+
+
+def _kp_alarm(signum, frame):
+    raise _KpSlow()
+
+
+_kp_signal.signal(_kp_signal.SIGALRM, _kp_alarm)
+
+
+def _kp_run(call, space):
+    try:
+        try:
+            _kp_signal.setitimer(_kp_signal.ITIMER_REAL, {limit!r}, {limit!r})
+            return "ok", eval(call, space)
+        finally:
+            _kp_signal.setitimer(_kp_signal.ITIMER_REAL, 0)
+    except _KpSlow:
+        return "slow", None
+    except BaseException:
+        return "raised", None
+
+
+def _kp_shown(value):
+    try:
+        text = repr(value)
+        back = _kp_ast.literal_eval(text)
+    except BaseException:
+        return None
+    if len(text) > {max_chars!r} or type(back) is not type(value) or back != value:
+        return None
+    return text
+
+
+_kp_original, _kp_wrong = {{}}, {{}}
+exec(compile({original!r}, "<original>", "exec"), _kp_original)
+exec(compile({wrong!r}, "<wrong>", "exec"), _kp_wrong)
+_kp_start = _kp_time.monotonic()
+for _kp_index, _kp_call in enumerate({calls!r}):
+    if _kp_time.monotonic() - _kp_start > {budget!r}:
+        break
+    _kp_line = [_kp_index, "drop"]
+    try:
+        (_kp_s1, _kp_v1), (_kp_s2, _kp_v2) = _kp_run(_kp_call, _kp_original), _kp_run(_kp_call, _kp_original)
+        _kp_text = _kp_shown(_kp_v1) if _kp_s1 == _kp_s2 == "ok" else None
+        if _kp_text is not None and _kp_text == _kp_shown(_kp_v2):
+            _kp_sw, _kp_vw = _kp_run(_kp_call, _kp_wrong)
+            if _kp_sw == "slow":
+                _kp_verdict = "slow"
+            elif _kp_sw == "ok" and _kp_same(_kp_vw, _kp_ast.literal_eval(_kp_text)):
+                _kp_verdict = "same"
+            else:
+                _kp_verdict = "caught"
+            _kp_line = [_kp_index, "keep", _kp_text, _kp_verdict]
+    except _KpSlow:
+        pass
+    print({marker!r} + _kp_json.dumps(_kp_line), flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class _Type:
+    """A parameter's annotated type: a scalar ("int", "float", "bool", "str", "none") or
+    "list", "tuple" (fixed), "tuple..." (any length), "dict", "union" of the types in `args`."""
+
+    kind: str
+    args: tuple[_Type, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """What a generated test needs of a function: its name, parameters and literals."""
+
+    name: str
+    positional: tuple[tuple[str, _Type], ...]
+    keyword: tuple[tuple[str, _Type], ...]
+    ints: tuple[int, ...]
+    floats: tuple[float, ...]
+    strings: tuple[str, ...]
+
+
+def _with_generated_tests(tasks: list[Task], shown: dict[str, tuple[_Source, str]], seed: int) -> list[Task]:
+    """The tasks, each Python complete / fix task checked by generated tests where its function allows."""
+    jobs = [(i, task) for i, task in enumerate(tasks) if task.id in shown and task.item.verifier == "ast"]
+    if not jobs:
+        return tasks
+
+    def upgrade(job: tuple[int, Task]) -> tuple[int, Task | None]:
+        index, task = job
+        source, wrong = shown[task.id]
+        try:
+            return index, _generated_task(task, source, wrong, seed)
+        except Exception:  # a sandbox that cannot start, anything unforeseen: the task keeps its ast check
+            return index, None
+
+    result = list(tasks)
+    with ThreadPoolExecutor(max_workers=_CHECK_WORKERS) as pool:
+        for index, upgraded in pool.map(upgrade, jobs):
+            if upgraded is not None:
+                result[index] = upgraded
+    return result
+
+
+def _generated_task(task: Task, source: _Source, wrong: str, seed: int) -> Task | None:
+    """The task checked by tests generated from running its function, or None where that cannot be done."""
+    signature = _testable(source)
+    if signature is None:
+        return None
+    calls = _calls(signature, random.Random(f"katpilot-data:{seed}:cases:{source.key}"))
+    if not calls:
+        return None
+    tests = _tests(calls, source.code, wrong)
+    if tests is None:
+        return None
+    item = dataclasses.replace(
+        task.item,
+        verifier="python_tests",
+        tests=tests,
+        entry_point=signature.name,
+        meta={**task.item.meta, "check": "generated-tests"},
+    )
+    upgraded = dataclasses.replace(task, item=item)
+    if not _untagged(upgraded) or not grade(item, task.reference).passed:
+        return None
+    if grade(item, _fence(wrong, source.language)).passed:
+        return None
+    return upgraded
+
+
+def _testable(source: _Source) -> _Signature | None:
+    """The signature of a function tests can be generated for (see the module's docstring), else None."""
+    function = source.py
+    d = source.definition
+    if not isinstance(function, ast.FunctionDef) or d.kind != "function" or d.parent or function.decorator_list:
+        return None
+    arguments = function.args
+    if arguments.vararg is not None or arguments.kwarg is not None:
+        return None
+    positional: list[tuple[str, _Type]] = []
+    keyword: list[tuple[str, _Type]] = []
+    for group, arguments_of in ((positional, arguments.posonlyargs + arguments.args), (keyword, arguments.kwonlyargs)):
+        for argument in arguments_of:
+            kind = _annotated_type(argument.annotation)
+            if kind is None:
+                return None
+            group.append((argument.arg, kind))
+    if not positional and not keyword:
+        return None  # nothing to vary
+    nested = [n for statement in function.body for n in ast.walk(statement)]
+    for node in nested:
+        if isinstance(node, _UNTESTABLE_NODES):
+            return None
+        if isinstance(node, ast.Name) and node.id in _UNSAFE_BUILTINS:
+            return None
+    if not _self_contained(source.code, function.name):
+        return None
+    body = _statements_after_docstring(function)
+    constants = [n.value for statement in body for n in ast.walk(statement) if isinstance(n, ast.Constant)]
+    ints = [c for c in constants if type(c) is int and abs(c) <= 10**6]
+    numbers = [c for c in constants if isinstance(c, int | float) and not isinstance(c, bool) and abs(c) <= 10**6]
+    return _Signature(
+        name=function.name,
+        positional=tuple(positional),
+        keyword=tuple(keyword),
+        ints=tuple(dict.fromkeys(v for c in ints for v in (c - 1, c, c + 1))),
+        floats=tuple(dict.fromkeys(float(c) for c in numbers)),
+        strings=tuple(dict.fromkeys(c for c in constants if type(c) is str and len(c) <= 30)),
+    )
+
+
+def _annotated_type(node: ast.expr | None) -> _Type | None:
+    """The `_Type` of an annotation written with builtin types only (`list[int]`, `int | None`), else None."""
+    if isinstance(node, ast.Name) and node.id in ("int", "float", "bool", "str"):
+        return _Type(node.id)
+    if isinstance(node, ast.Constant) and node.value is None:
+        return _Type("none")
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _annotated_type(node.left), _annotated_type(node.right)
+        return _Type("union", (left, right)) if left is not None and right is not None else None
+    if not isinstance(node, ast.Subscript) or not isinstance(node.value, ast.Name):
+        return None
+    outer = node.value.id
+    parts = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+    if outer == "tuple" and len(parts) == 2 and isinstance(parts[1], ast.Constant) and parts[1].value is Ellipsis:
+        element = _annotated_type(parts[0])
+        return _Type("tuple...", (element,)) if element is not None else None
+    args = [_annotated_type(part) for part in parts]
+    if any(a is None for a in args):
+        return None
+    known = tuple(a for a in args if a is not None)
+    if outer == "list" and len(known) == 1:
+        return _Type("list", known)
+    if outer == "tuple" and 1 <= len(known) <= 4:
+        return _Type("tuple", known)
+    if outer == "dict" and len(known) == 2 and known[0].kind in ("int", "str", "bool"):
+        return _Type("dict", known)
+    return None
+
+
+def _self_contained(code: str, name: str) -> bool:
+    """Whether the function's free names (and its annotations' and defaults') are builtins or itself."""
+    try:
+        module = symtable.symtable(code, "<mined>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for symbol in module.get_symbols():  # what the def line evaluates: annotations, defaults
+        if symbol.is_referenced() and not symbol.is_assigned() and symbol.get_name() not in _BUILTINS:
+            return False
+    tables = list(module.get_children())
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        for symbol in table.get_symbols():
+            if symbol.is_declared_global():
+                return False
+            used = symbol.get_name()
+            if symbol.is_global() and symbol.is_referenced() and used != name and used not in _BUILTINS:
+                return False
+    return True
+
+
+def _calls(signature: _Signature, rng: random.Random) -> list[str]:
+    """Distinct calls of the function on seeded inputs, as source text (`f(3, 5, flag=True)`)."""
+    ints = list(dict.fromkeys([0, 1, -1, 2, 3, 10, *signature.ints]))
+    floats = list(dict.fromkeys([0.0, 1.0, -1.0, 0.5, 2.5, 10.0, *signature.floats]))
+    strings = list(dict.fromkeys(["", "a", "ab", "abc", "hello world", "A-b_c 1", *signature.strings]))
+
+    def value(kind: _Type, depth: int = 0) -> Any:
+        if kind.kind == "int":
+            return rng.choice(ints) if rng.random() < 0.75 else rng.randint(-20, 20)
+        if kind.kind == "float":
+            return rng.choice(floats) if rng.random() < 0.75 else round(rng.uniform(-10, 10), 2)
+        if kind.kind == "bool":
+            return rng.random() < 0.5
+        if kind.kind == "str":
+            if rng.random() < 0.75:
+                return rng.choice(strings)
+            return "".join(rng.choice("abcdefgh xyz") for _ in range(rng.randint(1, 8)))
+        if kind.kind == "none":
+            return None
+        if kind.kind == "union":
+            return value(rng.choice(kind.args), depth)
+        size = rng.choice([0, 1, 2, 3, 4, 5]) if depth < 2 else rng.choice([0, 1])
+        if kind.kind == "list":
+            return [value(kind.args[0], depth + 1) for _ in range(size)]
+        if kind.kind == "tuple...":
+            return tuple(value(kind.args[0], depth + 1) for _ in range(size))
+        if kind.kind == "tuple":
+            return tuple(value(a, depth + 1) for a in kind.args)
+        return {value(kind.args[0], depth + 1): value(kind.args[1], depth + 1) for _ in range(size)}  # dict
+
+    calls: list[str] = []
+    for _ in range(4 * GENERATED_CASES):
+        if len(calls) >= GENERATED_CASES:
+            break
+        args = [repr(value(kind)) for _, kind in signature.positional]
+        args += [f"{name}={value(kind)!r}" for name, kind in signature.keyword]
+        if any(len(a) > MAX_RESULT_CHARS for a in args):
+            continue
+        call = f"{signature.name}({', '.join(args)})"
+        if call not in calls:
+            calls.append(call)
+    return calls
+
+
+def _tests(calls: list[str], original: str, wrong: str) -> str | None:
+    """Assert lines from one sandbox run of the original function on the calls, or None.
+
+    None when the run fails, when fewer than two distinct results come back (a constant would pass),
+    or when no input tells the wrong version apart (it raises, or returns another result).
+    Inputs on which the wrong version runs too long are left out (the check would wait for them).
+    """
+    marker = f"katpilot-check-{secrets.token_hex(8)}:"
+    program = _CHECK.format(
+        same=_SAME,
+        limit=CALL_LIMIT_S,
+        max_chars=MAX_RESULT_CHARS,
+        original=original,
+        wrong=wrong,
+        calls=calls,
+        budget=CHECK_BUDGET_S,
+        marker=marker,
+    )
+    result = run_python(program, timeout_s=CHECK_BUDGET_S + 5, cpu_s=int(CHECK_BUDGET_S) + 5)
+    if not result.ok:
+        return None
+    kept: list[tuple[int, str, str]] = []  # (call index, result, verdict on the wrong version)
+    for line in result.stdout.splitlines():
+        _, found, rest = line.partition(marker)  # after anything the function printed without a newline
+        if found:
+            record = json.loads(rest)
+            if record[1] == "keep" and record[3] != "slow":
+                kept.append((int(record[0]), str(record[2]), str(record[3])))
+    caught = [k for k in kept if k[2] == "caught"]
+    if not caught or len({k[1] for k in kept}) < 2:
+        return None
+    chosen: dict[int, tuple[int, str, str]] = {k[0]: k for k in caught[:2]}
+    seen = {k[1] for k in chosen.values()}
+    for k in kept:  # one input per distinct result first, then the rest, in order
+        if len(chosen) < GENERATED_TESTS and k[1] not in seen:
+            chosen[k[0]] = k
+            seen.add(k[1])
+    for k in kept:
+        if len(chosen) < GENERATED_TESTS:
+            chosen.setdefault(k[0], k)
+    lines = []
+    approximate = False
+    for index, expected, _ in sorted(chosen.values()):
+        if _holds_float(ast.literal_eval(expected)):
+            approximate = True
+            lines.append(f"assert _kp_same({calls[index]}, {expected})")
+        else:
+            lines.append(f"assert {calls[index]} == {expected}")
+    return (_SAME + "\n\n" if approximate else "") + "\n".join(lines) + "\n"
+
+
+def _holds_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_float(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_float(v) for v in value.values())
+    return False

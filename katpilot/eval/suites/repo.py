@@ -36,17 +36,20 @@ def repo_questions(root: Path, seed: int, size: int = DEFAULT_SIZE) -> list[Eval
 
 
 def questions_from_index(index: RepoIndex, seed: int, size: int = DEFAULT_SIZE) -> list[EvalItem]:
-    """`repo_questions` from an index the caller has open and fresh (the trainer's); [] when none."""
+    """`repo_questions` from an index the caller has open and fresh (the trainer's); [] when none.
+
+    Which names are asked depends on the seed (and `size`); each question's prompt on the seed and
+    its own id only, so a run resumed with another size asks its questions as before.
+    """
     unique = _uniquely_named(index.definitions())
-    rng = random.Random(f"katpilot-repo:{seed}")
-    rng.shuffle(unique)
-    where = [_where_defined(index, d, rng) for d in unique[: size - size // 2]]
+    random.Random(f"katpilot-repo:{seed}").shuffle(unique)
+    where = [_where_defined(index, d, seed) for d in unique[: size - size // 2]]
     calls: list[EvalItem] = []
     for definition in unique:
         if len(calls) >= size // 2:
             break
         if definition.kind in ("function", "method"):
-            item = _who_calls(index, definition, rng)
+            item = _who_calls(index, definition, seed)
             if item is not None:
                 calls.append(item)
     items = [q for pair in zip(where, calls, strict=False) for q in pair]
@@ -66,20 +69,21 @@ def _uniquely_named(definitions: list[Definition]) -> list[Definition]:
     ]
 
 
-def _where_defined(index: RepoIndex, definition: Definition, rng: random.Random) -> EvalItem:
+def _where_defined(index: RepoIndex, definition: Definition, seed: int) -> EvalItem:
     question = (
         f"In this repository, which file defines the {definition.kind} `{definition.name}`? Answer with its path."
     )
+    item_id = f"repo-where-{definition.path}:{definition.qualified_name}"
     return EvalItem(
-        id=f"repo-where-{definition.path}:{definition.qualified_name}",
-        prompt=_with_context(index, question, definition.name, [definition], rng),
+        id=item_id,
+        prompt=_with_context(index, question, definition.name, [definition], _rng(seed, item_id)),
         verifier="mentions",
         accepted=(definition.path,),
         meta={"kind": "where-defined", "name": definition.qualified_name},
     )
 
 
-def _who_calls(index: RepoIndex, definition: Definition, rng: random.Random) -> EvalItem | None:
+def _who_calls(index: RepoIndex, definition: Definition, seed: int) -> EvalItem | None:
     """A question naming a function; any definition that calls it answers. None if nothing calls it."""
     callers: dict[str, Definition] = {}
     call = re.compile(rf"(?<![\w]){re.escape(definition.name)}\s*\(")
@@ -98,13 +102,19 @@ def _who_calls(index: RepoIndex, definition: Definition, rng: random.Random) -> 
     question = f"In this repository, name a function or method that calls `{definition.name}`."
     shown = [definition, *list(callers.values())[:2]]
     accepted = sorted({*callers, *(c.name for c in callers.values())})
+    item_id = f"repo-calls-{definition.path}:{definition.qualified_name}"
     return EvalItem(
-        id=f"repo-calls-{definition.path}:{definition.qualified_name}",
-        prompt=_with_context(index, question, definition.name, shown, rng),
+        id=item_id,
+        prompt=_with_context(index, question, definition.name, shown, _rng(seed, item_id)),
         verifier="mentions",
         accepted=tuple(accepted),
         meta={"kind": "who-calls", "name": definition.qualified_name},
     )
+
+
+def _rng(seed: int, item_id: str) -> random.Random:
+    """The random order of one question's snippets: from the seed and the question's id alone."""
+    return random.Random(f"katpilot-repo:{seed}:{item_id}")
 
 
 def _with_context(index: RepoIndex, question: str, query: str, needed: list[Definition], rng: random.Random) -> str:

@@ -156,7 +156,7 @@ def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_pa
         DataRun(out=data, kinds=("arithmetic",), teacher="programmatic", limit=64, options=DataOptions(intent_share=0)),
     )
     flags = {"model": str(model_path), "data": str(data), "method": "full", "epochs": 4.0, "batch_size": 8}
-    result = run_sft(resolve(None, "sft", flags | {"learning_rate": 5e-5, "save_steps": 1000}), tmp_path / "run")
+    result = run_sft(resolve(None, "sft", flags | {"learning_rate": 2e-4, "save_steps": 1000}), tmp_path / "run")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(result.final)

@@ -84,6 +84,8 @@ def run_trl(data: Path, out: Path, steps: int, batch: int, method: str) -> list[
         report_to=[],
         use_cpu=True,
         logging_steps=1,
+        bf16=False,  # TRL turns bf16 and gradient checkpointing on by default; ours trains fp32 without
+        gradient_checkpointing=False,  # them on CPU, so the comparison is like for like
     )
     lora = LoraConfig(
         r=16,

@@ -50,7 +50,6 @@ import copy
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,8 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from katpilot.errors import KatpilotError
+from katpilot.eval.records import write_atomic
+from quant.checkpoint import load_json, read_safetensors_header
 
 IGNORE_INDEX = -100  # labels that take no part in the loss, as in transformers
 # DeepSeek-V3 weighted the MTP loss 0.3 for its first 10T training tokens and 0.1 for the last 4.8T.
@@ -315,7 +316,7 @@ def save_mtp_heads(heads: MTPHeads, checkpoint_dir: Path) -> Path:
     `save_pretrained`): `mtp.safetensors`, its entries in the shard index, `num_nextn_predict_layers`
     in config.json. Saving again replaces the previous heads. Returns the heads' file."""
     config_path = checkpoint_dir / "config.json"
-    config = _read_json(config_path)
+    config = load_json(config_path)
     if config.get("num_hidden_layers") != heads.first_layer:
         raise KatpilotError(
             f"{config_path} has {config.get('num_hidden_layers')} layers, the heads' model {heads.first_layer}",
@@ -328,7 +329,7 @@ def save_mtp_heads(heads: MTPHeads, checkpoint_dir: Path) -> Path:
     os.replace(partial, path)
     _index_heads(checkpoint_dir, sorted(tensors), heads.first_layer)
     config["num_nextn_predict_layers"] = heads.depth
-    _write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -336,7 +337,7 @@ def load_mtp_heads(model: nn.Module, checkpoint_dir: Path) -> MTPHeads:
     """The heads saved beside `checkpoint_dir`'s weights (by `save_mtp_heads`, or any checkpoint in the
     same layout), on `model`, bit for bit."""
     config_path = checkpoint_dir / "config.json"
-    config = _read_json(config_path)
+    config = load_json(config_path)
     depth = config.get("num_nextn_predict_layers") or 0
     if not isinstance(depth, int) or depth < 1:
         raise KatpilotError(
@@ -379,7 +380,7 @@ def _index_heads(directory: Path, names: list[str], first_layer: int) -> None:
     if single.is_file():
         weight_map = dict.fromkeys(_tensor_sizes(single), _ONE_SHARD)
     elif index_path.is_file():
-        index = _read_json(index_path)
+        index = load_json(index_path)
         weight_map = {k: v for k, v in index.get("weight_map", {}).items() if v != HEADS_FILE}
     else:
         raise KatpilotError(
@@ -398,7 +399,7 @@ def _index_heads(directory: Path, names: list[str], first_layer: int) -> None:
     }
     total = sum(sum(_tensor_sizes(path).values()) for path in stored.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    _write_atomic(index_path, json.dumps(index, indent=2) + "\n")
+    write_atomic(index_path, json.dumps(index, indent=2) + "\n")
     if single.is_file():
         os.replace(single, directory / _ONE_SHARD)
 
@@ -408,37 +409,11 @@ def _weight_files(directory: Path) -> list[Path]:
     if (directory / _SINGLE).is_file():
         return [directory / _SINGLE]
     if (directory / _INDEX).is_file():
-        weight_map = _read_json(directory / _INDEX).get("weight_map", {})
+        weight_map = load_json(directory / _INDEX).get("weight_map", {})
         return [directory / name for name in sorted(set(weight_map.values()))]
     raise KatpilotError(f"no {_SINGLE} or {_INDEX} in {directory}", "give a Hugging Face checkpoint directory")
 
 
 def _tensor_sizes(path: Path) -> dict[str, int]:
     """Each tensor's size in bytes, from a safetensors header (no tensor data read)."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return {
-        name: end - begin
-        for name, info in header.items()
-        if name != "__metadata__"
-        for begin, end in [info["data_offsets"]]
-    }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KatpilotError(f"{path} is missing", f"is {path.parent} a Hugging Face checkpoint directory?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KatpilotError(f"cannot read {path}: {exc}", "save the checkpoint again") from None
-    if not isinstance(data, dict):
-        raise KatpilotError(f"{path} is not a JSON object", "save the checkpoint again")
-    return data
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    return {name: ref.nbytes for name, ref in read_safetensors_header(path).items()}

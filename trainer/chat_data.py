@@ -8,11 +8,11 @@ prompt it will be served with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from katpilot.errors import KatpilotError
+from katpilot.eval.suites.files import jsonl_objects
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -32,15 +32,9 @@ def load_chats(spec: str | Path) -> list[list[dict[str, str]]]:
     """Every record's messages, checked; a bad record is one error naming its line and field."""
     path = data_file(spec)
     chats = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in jsonl_objects(path, "data file"):
         where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KatpilotError(f"{where} is not JSON ({exc.msg})", "write one JSON object per line") from None
-        messages = row.get("messages") if isinstance(row, dict) else None
+        messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise KatpilotError(f"{where}: field 'messages' is missing or empty", "give a list of {role, content}")
         for i, message in enumerate(messages):

@@ -15,6 +15,7 @@ from pathlib import Path
 from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import EvalItem, grade
+from katpilot.eval.suites.files import jsonl_objects
 from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task
 
 ARITHMETIC_SEED_OFFSET = 10_000
@@ -76,20 +77,10 @@ def load_prompts(path: Path) -> list[Task]:
     Optional: `answer` (the ground truth; without it the critic alone judges answers), `verifier`
     (exact, numeric, mentions or similar; default exact), `id`.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KatpilotError(f"cannot read the prompt file {path} ({exc})", "give --prompts a JSONL file") from None
     tasks: list[Task] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, row in jsonl_objects(path, "prompt file"):
         where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KatpilotError(f"{where} is not JSON ({exc.msg})", "write one JSON object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise KatpilotError(f"{where} has no 'prompt' string", 'write {"prompt": "...", "answer": "..."}')
         answer = row.get("answer", "")
         verifier = row.get("verifier", "exact")

@@ -40,7 +40,7 @@ class _BadField(Exception):
 
 def load_jsonl_suite(path: Path) -> tuple[str, list[EvalItem]]:
     """The file's shape ("humaneval", "mbpp" or "gsm8k") and its items, in file order."""
-    records = list(_records(path))
+    records = jsonl_objects(path)
     if not records:
         raise SuiteFileError(f"suite file {path} has no records", "give a JSONL file with one JSON object per line")
     shape = _shape_of(path, *records[0])
@@ -66,13 +66,17 @@ def load_jsonl_suite(path: Path) -> tuple[str, list[EvalItem]]:
     return shape, items
 
 
-def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def jsonl_objects(path: Path, what: str = "suite file") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a user's JSONL file; any problem is one line.
+
+    Shared by eval's suite files and the trainer's prompt and chat files (`what` names the file).
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of line 1
     except FileNotFoundError:
-        raise SuiteFileError(f"suite file {path} does not exist", "give the path of a JSONL file") from None
+        raise SuiteFileError(f"{what} {path} does not exist", "give the path of a JSONL file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SuiteFileError(f"cannot read suite file {path} ({exc})", "give a readable UTF-8 JSONL file") from None
+        raise SuiteFileError(f"cannot read {what} {path} ({exc})", "give a readable UTF-8 JSONL file") from None
     records = []
     for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():

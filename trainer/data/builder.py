@@ -39,7 +39,7 @@ from katpilot.eval.records import DurableLog, check_fingerprint, make_output_dir
 from katpilot.index.secrets import redact
 from katpilot.terms import Mode
 from trainer.data.tagging import DEFAULT_MARGIN, DEFAULT_RANDOM_SHARE, choose_mode
-from trainer.data.tasks import Task
+from trainer.data.tasks import Task, encodable
 from trainer.data.teachers import Attempt, ModelTeacher, Teacher, template_judge
 
 RECORDS_FILE = "records.jsonl"
@@ -386,11 +386,7 @@ def outcome_key(task_id: str) -> str:
 
 def _usable(text: str) -> bool:
     """Text a record can hold: encodable (no lone surrogates) and free of AutoThink tags."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return not gate.has_tag(text)
+    return encodable(text) and not gate.has_tag(text)
 
 
 def _verdict_lists(verdicts: dict[str, list[tuple[bool, str, str | None]]]) -> dict[str, list[bool]]:

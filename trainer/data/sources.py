@@ -16,7 +16,7 @@ from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import EvalItem, grade
 from katpilot.eval.suites.files import jsonl_objects
-from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task
+from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task, encodable
 
 ARITHMETIC_SEED_OFFSET = 10_000
 ARITHMETIC_SIZE = 600  # a hundred problems per level
@@ -90,7 +90,7 @@ def load_prompts(path: Path) -> list[Task]:
                 "fix that line",
             )
         answer = answer.strip()
-        if _has_lone_surrogate(row["prompt"] + answer) or gate.has_tag(answer):
+        if not encodable(row["prompt"] + answer) or gate.has_tag(answer):
             raise KatpilotError(
                 f"{where}: the prompt or answer holds AutoThink tags or broken characters", "fix that line"
             )
@@ -111,14 +111,6 @@ def load_prompts(path: Path) -> list[Task]:
     if len({t.id for t in tasks}) != len(tasks):
         raise KatpilotError(f"{path} gives two prompts the same 'id'", "make every id unique")
     return tasks
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _suite_task(item: EvalItem, kind: str, reference: str) -> Task:

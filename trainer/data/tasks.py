@@ -32,3 +32,12 @@ class Task:
     @property
     def id(self) -> str:
         return self.item.id
+
+
+def encodable(text: str) -> bool:
+    """Whether the text can be written as UTF-8 (a server may send lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

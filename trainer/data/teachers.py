@@ -100,12 +100,8 @@ class ModelTeacher:
             f"Question:\n{task.item.prompt}\n\n"
             f"In one sentence, say why this question {need} step-by-step reasoning before answering."
         )
-        sampling = replace(self.sampling, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
-        try:
-            parts, _, _ = self._ask(prompt, "off", sampling)
-        except ContextOverflowError:
-            return ""
-        return first_sentence(parts.answer)
+        reply = self._short_reply(prompt, JUDGE_MAX_TOKENS)
+        return first_sentence(reply) if reply is not None else ""
 
     def approves(self, task: Task, attempt: Attempt) -> bool:
         """The critic's verdict on a think-on attempt: does it say the answer is right?"""
@@ -113,12 +109,17 @@ class ModelTeacher:
             f"Question:\n{task.item.prompt}\n\nProposed reasoning:\n{attempt.think}\n\n"
             f"Proposed answer:\n{attempt.answer}\n\nIs the proposed answer correct? Reply with yes or no."
         )
-        sampling = replace(self.sampling, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS)
+        reply = self._short_reply(prompt, CRITIC_MAX_TOKENS)
+        return reply is not None and re.match(r"\W*yes\b", reply, re.IGNORECASE) is not None
+
+    def _short_reply(self, prompt: str, max_tokens: int) -> str | None:
+        """A greedy, short, think-off answer to a helper prompt (judge, critic); None if it does not fit."""
+        sampling = replace(self.sampling, temperature=0.0, max_tokens=max_tokens)
         try:
             parts, _, _ = self._ask(prompt, "off", sampling)
         except ContextOverflowError:
-            return False
-        return re.match(r"\W*yes\b", parts.answer, re.IGNORECASE) is not None
+            return None
+        return parts.answer
 
 
 class ProgrammaticTeacher:

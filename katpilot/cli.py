@@ -583,6 +583,48 @@ def train_sft(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+@train_app.command("distill")
+def train_distill(
+    out: Annotated[Path, typer.Option(help="Run directory; rerun with the same one to resume.")],
+    model: Annotated[str | None, typer.Option(help="Student: a checkpoint directory, a GGUF, or a model name.")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="A GGUF or model name (llama.cpp, cached) or a Hugging Face directory.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="A `train data` directory or a JSONL file of chats.")] = None,
+    repo: Annotated[str | None, typer.Option(help="Also train on this repository's text (with FIM).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [distill] table sets defaults.")] = None,
+    teacher_mode: Annotated[str | None, typer.Option(help="cache (default) or live (a Hugging Face teacher).")] = None,
+    divergence: Annotated[str | None, typer.Option(help="uld (any tokenizers), kl or jsd (same tokenizer).")] = None,
+    uld_weight: Annotated[float | None, typer.Option(help="lambda in CE + lambda * ULD (default 1.5).")] = None,
+    mtp_depth: Annotated[int | None, typer.Option(help="MTP modules (default 1; 0: none).")] = None,
+    fim_rate: Annotated[float | None, typer.Option(help="Share of repository windows as fill-in-the-middle.")] = None,
+    method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Default: 2e-4 (LoRA), 5e-5 (full).")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (overrides epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example; longer ones are skipped.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Distil a teacher into the student (ULD across tokenizers + MTP), on chats and the team's code."""
+    from trainer.config import DistillConfig, resolve
+    from trainer.distill import run_distill
+
+    flags = {
+        "model": model, "teacher": teacher, "data": data, "repo": repo, "teacher_mode": teacher_mode,
+        "divergence": divergence, "uld_weight": uld_weight, "mtp_depth": mtp_depth, "fim_rate": fim_rate,
+        "method": method, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "max_length": max_length, "seed": seed,
+    }  # fmt: skip
+    settings = config_mod.load_settings().settings
+    resolved = resolve(recipe, "distill", flags, schema=DistillConfig)
+    result = run_distill(resolved, out, settings=settings, echo=lambda line: typer.echo(line, err=True))
+    state = "resumed and finished" if result.resumed else "finished"
+    typer.echo(f"{state}: {result.steps} steps on {result.examples} examples ({result.skipped} skipped as too long)")
+    typer.echo(f"final model: {result.final}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 @quant_app.command("quantize")
 def quant_quantize(
     source: Annotated[Path, typer.Argument(help="The GGUF to quantize (best: an f16 or f32 export).")],

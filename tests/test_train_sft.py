@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from quant_helpers import tiny_checkpoint  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from train_fixtures import stop_at  # noqa: E402
 
 from katpilot import gate  # noqa: E402
 from katpilot.errors import KatpilotError  # noqa: E402
@@ -113,17 +113,6 @@ def test_a_run_trains_and_writes_its_directory(tiny: Path, arithmetic_data: Path
     assert loaded.get_input_embeddings().weight.shape[0] == 49152 + len(AUTOTHINK_TAGS)
 
 
-class _StopAt(TrainerCallback):
-    """Stops the run at the start of a step, after a checkpoint: a kill, on purpose."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:
     flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 5, "batch_size": 4}
     flags |= {"learning_rate": 3e-3, "save_steps": 2}
@@ -132,7 +121,7 @@ def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmet
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         run_sft(
-            resolve(None, "sft", flags), cut, callbacks=[_StopAt(3)]
+            resolve(None, "sft", flags), cut, callbacks=[stop_at(3)]
         )  # killed after checkpoint-2 ... and step 3? no: before
     result = run_sft(resolve(None, "sft", flags), cut)
     assert result.resumed
@@ -155,7 +144,7 @@ def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_pa
         _settings(),
         DataRun(out=data, kinds=("arithmetic",), teacher="programmatic", limit=64, options=DataOptions(intent_share=0)),
     )
-    flags = {"model": str(model_path), "data": str(data), "method": "full", "epochs": 4.0, "batch_size": 8}
+    flags = {"model": str(model_path), "data": str(data), "method": "full", "epochs": 8.0, "batch_size": 8}
     result = run_sft(resolve(None, "sft", flags | {"learning_rate": 2e-4, "save_steps": 1000}), tmp_path / "run")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

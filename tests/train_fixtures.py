@@ -97,3 +97,15 @@ def write_repo(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
+
+
+def stop_at(step: int) -> object:
+    """A transformers callback that stops the run at the start of `step`, after a checkpoint: a kill, on purpose."""
+    from transformers import TrainerCallback
+
+    class StopAtStep(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, args: object, state: object, control: object, **kwargs: object) -> None:
+            if getattr(state, "global_step", None) == step:
+                raise KeyboardInterrupt
+
+    return StopAtStep()

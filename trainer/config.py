@@ -72,17 +72,60 @@ class SFTConfig:
         return 2e-4 if self.method == "lora" else 5e-5
 
 
+DIVERGENCES = ("uld", "kl", "jsd")
+
+
+@dataclass(frozen=True)
+class DistillConfig(SFTConfig):
+    """Distillation: SFT's knobs plus the teacher, ULD, MTP and the repository's text with FIM.
+
+    `data` may be empty when `repo` is given (the repository's text alone), and `teacher` may be
+    empty (next-token + MTP on the team's code, no teacher)."""
+
+    teacher: str = ""  # a GGUF or model name (llama.cpp, cached), or a Hugging Face directory
+    teacher_mode: str = "cache"  # "cache": top-k written once to teacher/, "live": in-process (HF only)
+    teacher_topk: int = 64  # log-probabilities kept per position in the cache
+    divergence: str = "uld"  # "uld" (any tokenizers), "kl" or "jsd" (same tokenizer, live teacher)
+    uld_weight: float = 1.5  # lambda in CE + lambda * ULD (the ULD authors' default)
+    student_temperature: float = 1.0
+    teacher_temperature: float = 1.0
+    mtp_depth: int = 1  # MTP modules (0: none)
+    mtp_weight: float = 0.0  # 0: DeepSeek-V3's schedule (0.3, then 0.1); else a constant lambda
+    repo: str = ""  # a repository whose indexed text (secrets withheld) is trained on too
+    repo_chunk_tokens: int = 256  # the text is cut into windows of this many student tokens
+    repo_max_chunks: int = 0  # 0: every window; else a seeded sample of this many
+    fim_rate: float = 0.5  # share of repository windows turned into fill-in-the-middle examples
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.teacher_mode not in ("cache", "live"):
+            problems.append(f"teacher_mode must be cache or live, not {self.teacher_mode!r}")
+        if self.divergence not in DIVERGENCES:
+            problems.append(f"divergence must be one of {', '.join(DIVERGENCES)}, not {self.divergence!r}")
+        if self.divergence != "uld" and self.teacher_mode != "live":
+            problems.append("divergence kl or jsd needs teacher_mode = live (a cache holds no token ids)")
+        if self.teacher_topk < 1 or self.repo_chunk_tokens < 16 or self.mtp_depth < 0 or self.repo_max_chunks < 0:
+            problems.append("teacher_topk >= 1, repo_chunk_tokens >= 16, mtp_depth >= 0 and repo_max_chunks >= 0")
+        if not 0 <= self.fim_rate <= 1 or self.uld_weight < 0 or self.mtp_weight < 0:
+            problems.append("fim_rate within [0, 1], uld_weight and mtp_weight at least 0")
+        if self.student_temperature <= 0 or self.teacher_temperature <= 0:
+            problems.append("temperatures must be above 0")
+        if problems:
+            raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
+
+
 @dataclass(frozen=True)
 class Resolved:
     config: SFTConfig
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def resolve(recipe: Path | None, table: str, flags: dict[str, Any]) -> Resolved:
-    """Defaults < the recipe's `[table]` < flags (None = not given)."""
+def resolve(recipe: Path | None, table: str, flags: dict[str, Any], schema: type[SFTConfig] = SFTConfig) -> Resolved:
+    """Defaults < the recipe's `[table]` < flags (None = not given), into `schema`'s settings."""
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {f.name: SOURCE_DEFAULT for f in fields(SFTConfig)}
-    known = {f.name: f for f in fields(SFTConfig)}
+    sources: dict[str, str] = {f.name: SOURCE_DEFAULT for f in fields(schema)}
+    known = {f.name: f for f in fields(schema)}
     if recipe is not None:
         try:
             data = tomllib.loads(recipe.read_text(encoding="utf-8"))
@@ -101,18 +144,18 @@ def resolve(recipe: Path | None, table: str, flags: dict[str, Any]) -> Resolved:
             values[key] = value
             sources[key] = SOURCE_FLAG
     for key, value in values.items():
-        want = type(getattr(SFTConfig(), key))
+        want = type(getattr(schema(), key))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(values[key], want) or (want is int and isinstance(value, bool)):
             raise KatpilotError(f"{key} must be a {want.__name__}, not {value!r}", "fix the recipe or the flag")
-    return Resolved(SFTConfig(**values), sources)
+    return Resolved(schema(**values), sources)
 
 
 def to_toml(resolved: Resolved, table: str) -> str:
     """The run's config.toml: every value, with where it came from."""
     lines = [f"# resolved settings of this run; each value's source after it\n[{table}]"]
-    for f in fields(SFTConfig):
+    for f in fields(resolved.config):
         value = getattr(resolved.config, f.name)
         lines.append(f"{f.name} = {_toml_value(value)}  # {resolved.sources.get(f.name, SOURCE_DEFAULT)}")
     return "\n".join(lines) + "\n"

@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from katpilot import gate
 from katpilot.errors import KatpilotError
+from katpilot.gguf_file import FIM_TRIPLES
 
 # A fixed order, so two runs give the tags the same ids.
 AUTOTHINK_TAGS = (
@@ -31,6 +33,7 @@ AUTOTHINK_TAGS = (
     gate.ANSWER_OPEN,
     gate.ANSWER_CLOSE,
 )
+STARCODER_FIM = FIM_TRIPLES[1]  # what a student without fill-in-the-middle tokens gets
 TEMPLATE_NOTE = (
     "{#- AutoThink (katpilot): the assistant writes <judge> ... </judge>, then <think_on> <think> ... </think>"
     " <answer> ... </answer> or <think_off> <answer> ... </answer> -#}\n"
@@ -61,29 +64,50 @@ def load_student(spec: str | Path) -> tuple[Any, Any]:
 
 def add_autothink_tokens(model: Any, tokenizer: Any) -> list[int]:
     """Add the tags as special tokens (mean-of-sub-words rows); returns the ids of those added."""
+    added = add_special_tokens(model, tokenizer, AUTOTHINK_TAGS)
+    _note_template(tokenizer)
+    return added
+
+
+def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
+    """The tokenizer's (prefix, suffix, middle) tokens, found as the LSP finds a GGUF's."""
+    vocab = tokenizer.get_vocab()
+    return next((t for t in FIM_TRIPLES if all(x in vocab for x in t)), None)
+
+
+def ensure_fim_tokens(model: Any, tokenizer: Any) -> list[int]:
+    """A student without fill-in-the-middle tokens gets StarCoder's (`<fim_prefix>`, `<fim_suffix>`,
+    `<fim_middle>`): one of the triples the GGUF reader knows, so the exported model's LSP completions
+    use FIM with no setting. Returns the ids added (none when it has a triple already)."""
+    if fim_tokens(tokenizer) is not None:
+        return []
+    return add_special_tokens(model, tokenizer, STARCODER_FIM)
+
+
+def add_special_tokens(model: Any, tokenizer: Any, names: Sequence[str]) -> list[int]:
+    """Add `names` as special tokens, each new embedding (and untied output) row the mean of the rows of
+    the sub-words the name was split into before; returns the ids of those added."""
     import torch
     from tokenizers import AddedToken
 
     vocab = tokenizer.get_vocab()
-    missing = [tag for tag in AUTOTHINK_TAGS if tag not in vocab]
+    missing = [name for name in names if name not in vocab]
     if not missing:
-        _note_template(tokenizer)
         return []
-    pieces = {tag: tokenizer.encode(tag, add_special_tokens=False) for tag in missing}
-    tokenizer.add_tokens([AddedToken(tag, special=True, normalized=False) for tag in missing], special_tokens=True)
+    pieces = {name: tokenizer.encode(name, add_special_tokens=False) for name in missing}
+    tokenizer.add_tokens([AddedToken(name, special=True, normalized=False) for name in missing], special_tokens=True)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     untied = head is not None and head.weight.data_ptr() != embed.data_ptr()
     added = []
     with torch.no_grad():
-        for tag in missing:
-            new_id = tokenizer.convert_tokens_to_ids(tag)
-            embed[new_id] = embed[pieces[tag]].mean(dim=0)
+        for name in missing:
+            new_id = tokenizer.convert_tokens_to_ids(name)
+            embed[new_id] = embed[pieces[name]].mean(dim=0)
             if untied and head is not None:
-                head.weight[new_id] = head.weight[pieces[tag]].mean(dim=0)
+                head.weight[new_id] = head.weight[pieces[name]].mean(dim=0)
             added.append(int(new_id))
-    _note_template(tokenizer)
     return added
 
 

@@ -14,6 +14,7 @@ file, and the report.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,17 @@ PLOT_FILE = "report.png"
 MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "merge"})
 
 
+def is_main_process() -> bool:
+    """False in the other processes of a multi-process run (`torchrun`, `accelerate launch`): they
+    train but write nothing of the run directory except through transformers (which saves on rank 0)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def prepare(out: Path, resolved: Resolved, table: str) -> bool:
     """Make the run directory (or check a resumed one's config); True when resuming."""
     make_output_dir(out)
+    if not is_main_process():
+        return last_checkpoint(out) is not None
     path = out / CONFIG_FILE
     if path.exists():
         before = read_toml(path, table)
@@ -88,10 +97,18 @@ class MetricsLog:
         self.tokens = 0
         self._last_tokens = 0
         self._last_time = time.perf_counter()
+        self._parts: dict[str, list[float]] = {}
+
+    def add_parts(self, parts: dict[str, float]) -> None:
+        """A micro-batch's loss parts (ce, uld, mtp, ...): their means go into the next line as loss_<part>."""
+        for name, value in parts.items():
+            self._parts.setdefault(name, []).append(value)
 
     def write(self, step: int, logs: dict[str, float]) -> dict[str, Any]:
         now = time.perf_counter()
         row: dict[str, Any] = {"step": step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        row |= {f"loss_{name}": sum(values) / len(values) for name, values in self._parts.items() if values}
+        self._parts = {}
         row["tokens_per_s"] = (self.tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
         self._last_tokens, self._last_time = self.tokens, now
         with self.path.open("a", encoding="utf-8") as f:
@@ -113,7 +130,9 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def write_report(out: Path, title: str, facts: list[str]) -> None:
-    """report.md with the loss, learning-rate and tokens/s curves (report.png)."""
+    """report.md with the loss, learning-rate and tokens/s curves (report.png); the main process only."""
+    if not is_main_process():
+        return
     rows = [r for r in read_metrics(out) if "loss" in r]
     lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], ""]
     if rows:
@@ -135,11 +154,16 @@ def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    series = [("loss", "loss"), ("learning_rate", "learning rate"), ("tokens_per_s", "tokens/s")]
-    shown = [(key, label) for key, label in series if any(key in r for r in rows)]
+    parts = sorted({k for r in rows for k in r if k.startswith("loss_")})
+    series = [(["loss"], "loss"), (parts, "loss parts"), (["learning_rate"], "learning rate")]
+    series.append((["tokens_per_s"], "tokens/s"))
+    shown = [(keys, label) for keys, label in series if keys and any(k in r for r in rows for k in keys)]
     fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.4 * len(shown)), sharex=True)
-    for ax, (key, label) in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
-        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+    for ax, (keys, label) in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
+        for key in keys:
+            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key.removeprefix("loss_"))
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.supxlabel("step")

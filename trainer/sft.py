@@ -19,7 +19,7 @@ from katpilot.errors import KatpilotError
 from trainer import run_dir
 from trainer.chat_data import load_chats, tokenize_chat
 from trainer.config import Resolved, SFTConfig
-from trainer.model_io import add_autothink_tokens, load_student
+from trainer.model_io import add_autothink_tokens, ensure_fim_tokens, load_student
 
 TABLE = "sft"
 
@@ -36,8 +36,7 @@ class SFTResult:
 
 def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFTResult:
     """Train (or resume) and write final/ and the report. `callbacks`: extra transformers callbacks."""
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
     cfg = resolved.config
     if not cfg.model or not cfg.data:
@@ -45,19 +44,11 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
     chats = load_chats(cfg.data)  # bad data fails before the model loads
     resumed = run_dir.prepare(out, resolved, TABLE)
     set_seed(cfg.seed)
-    model, tokenizer = load_student(cfg.model)
-    added = add_autothink_tokens(model, tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = trainable_student(cfg)
     rows = [tokenize_chat(tokenizer, chat, cfg.system_prompt, cfg.max_length) for chat in chats]
     examples = [r for r in rows if r is not None]
     if not examples:
         raise KatpilotError(f"every record is longer than max_length {cfg.max_length}", "raise --max-length")
-    if cfg.method == "lora":
-        model = _with_lora(model, cfg, added)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
 
     metrics = run_dir.MetricsLog(out)
 
@@ -68,13 +59,50 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
             metrics.tokens += int(inputs["attention_mask"].sum())
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    class Metrics(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if logs and state.is_world_process_zero and "loss" in logs:
-                metrics.write(state.global_step, logs)
+    trainer = Counting(
+        model=model,
+        args=training_arguments(cfg, out),
+        train_dataset=Rows(examples),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[metrics_callback(metrics), *callbacks],
+    )
+    result = train(trainer, resumed)
+    final = save_final(trainer, model, tokenizer, cfg, out)
+    steps = int(result.global_step)
+    facts = [
+        f"model `{cfg.model}`, {cfg.method}"
+        + (f" (rank {cfg.lora_rank}, alpha {cfg.lora_alpha})" if cfg.method == "lora" else ""),
+        f"data `{cfg.data}`: {len(examples)} records trained, {len(rows) - len(examples)} skipped (longer than {cfg.max_length} tokens)",
+        f"{steps} steps, batch {cfg.batch_size} x {cfg.grad_accum}, learning rate {cfg.lr:g}, seed {cfg.seed}",
+        f"final model: `{final}`",
+    ]
+    run_dir.write_report(out, f"SFT run {out.name}", facts)
+    finish(trainer)
+    return SFTResult(out, len(examples), len(rows) - len(examples), steps, final, resumed)
+
+
+def trainable_student(cfg: SFTConfig, fim: bool = False) -> tuple[Any, Any]:
+    """The student with the AutoThink tags (and FIM tokens if asked and missing), a pad token, LoRA (or
+    not) and gradient checkpointing. New token rows train under LoRA too."""
+    model, tokenizer = load_student(cfg.model)
+    added = add_autothink_tokens(model, tokenizer) + (ensure_fim_tokens(model, tokenizer) if fim else [])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.method == "lora":
+        model = with_lora(model, cfg, added)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def training_arguments(cfg: SFTConfig, out: Path) -> Any:
+    """transformers' arguments from a stage's settings: fp32 on CPU, bf16 where the GPU has it."""
+    import torch
+    from transformers import TrainingArguments
 
     use_gpu = torch.cuda.is_available()
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(out / run_dir.CHECKPOINTS),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -94,48 +122,48 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = Counting(
-        model=model,
-        args=args,
-        train_dataset=_Examples(examples),
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[Metrics(), *callbacks],
-    )
+
+
+def metrics_callback(metrics: run_dir.MetricsLog) -> Any:
+    """A callback writing every logged step to metrics.jsonl (the main process only)."""
+    from transformers import TrainerCallback
+
+    class Metrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and state.is_world_process_zero and "loss" in logs:
+                metrics.write(state.global_step, logs)
+
+    return Metrics()
+
+
+def train(trainer: Any, resumed: bool) -> Any:
+    """trainer.train(), resuming from the run's last checkpoint; out of memory is one line with the fixes."""
+    import torch
+
     try:
-        result = trainer.train(resume_from_checkpoint=True if resumed else None)
+        return trainer.train(resume_from_checkpoint=True if resumed else None)
     except torch.OutOfMemoryError:
         raise KatpilotError(
             "out of memory while training",
             "lower batch_size (raise grad_accum to keep the effective batch), lower max_length, "
             "use method = lora, or set gradient_checkpointing = true",
         ) from None
-    final = _save_final(trainer, model, tokenizer, cfg, out)
-    steps = int(result.global_step)
-    facts = [
-        f"model `{cfg.model}`, {cfg.method}"
-        + (f" (rank {cfg.lora_rank}, alpha {cfg.lora_alpha})" if cfg.method == "lora" else ""),
-        f"data `{cfg.data}`: {len(examples)} records trained, {len(rows) - len(examples)} skipped (longer than {cfg.max_length} tokens)",
-        f"{steps} steps, batch {cfg.batch_size} x {cfg.grad_accum}, learning rate {cfg.lr:g}, seed {cfg.seed}",
-        f"final model: `{final}`",
-    ]
-    run_dir.write_report(out, f"SFT run {out.name}", facts)
-    return SFTResult(out, len(examples), len(rows) - len(examples), steps, final, resumed)
 
 
-class _Examples:
+class Rows:
     """A map-style dataset over the tokenized records (a list is all the Trainer needs)."""
 
-    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+    def __init__(self, rows: Sequence[Any]) -> None:
         self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
+    def __getitem__(self, i: int) -> Any:
         return self.rows[i]
 
 
-def _with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
+def with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
     """peft LoRA on the linear layers; the new tag rows train too (peft's trainable tokens, tied head included).
 
     An adapter with new token rows cannot go into a llama.cpp adapter GGUF (it cannot add tokens):
@@ -157,13 +185,22 @@ def _with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
     return get_peft_model(model, config)
 
 
-def _save_final(trainer: Any, model: Any, tokenizer: Any, cfg: SFTConfig, out: Path) -> Path:
+def save_final(trainer: Any, model: Any, tokenizer: Any, cfg: SFTConfig, out: Path) -> Path:
+    """final/ (the adapter alone for LoRA; final/merged/ on request), written by the main process."""
     final = out / run_dir.FINAL
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(final)
+    trainer.save_model(str(final))  # transformers saves on the main process only
+    main = run_dir.is_main_process()
+    if main:
+        tokenizer.save_pretrained(final)
     if cfg.method == "lora" and cfg.merge:
         merged = final / "merged"
-        model.merge_and_unload().save_pretrained(merged)
-        tokenizer.save_pretrained(merged)
+        if main:
+            model.merge_and_unload().save_pretrained(merged)
+            tokenizer.save_pretrained(merged)
         return merged
     return final
+
+
+def finish(trainer: Any) -> None:
+    """Ends a multi-process run cleanly (destroys the process group; without it a rank may abort at exit)."""
+    trainer.accelerator.end_training()

@@ -11,7 +11,10 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FinishReason = Literal["stop", "length", "context", "cancelled"]
 
@@ -87,6 +90,17 @@ class Engine(ABC):
     @abstractmethod
     def continuation_logprobs(self, prompt: str, continuations: Sequence[str]) -> list[float] | None:
         """log P(continuation | prompt) for each continuation, or None if the engine cannot tell."""
+
+    def continuation_top_logprobs(
+        self, prompt: str, continuation: str, k: int, temperature: float = 1.0
+    ) -> np.ndarray | None:
+        """The k largest log-probabilities (descending) of the next-token distribution (softmax of the
+        logits / `temperature`) at each token of `continuation` after `prompt`, shape (its tokens, k);
+        None if the engine cannot tell (a remote server reports no full distributions).
+
+        What a cached distillation teacher writes: ULD needs the distribution's shape, not its ids.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional: an engine that holds nothing need not override it
         """Release the model."""

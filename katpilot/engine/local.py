@@ -223,9 +223,9 @@ class LocalEngine(Engine):
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def _log_softmax_at(self, index: int) -> np.ndarray:
+    def _log_softmax_at(self, index: int, temperature: float = 1.0) -> np.ndarray:
         """Log-probabilities of the next token at row `index` of the last decoded batch."""
-        logits = llama_compat.logits_row(self.llm, index, self._n_vocab)
+        logits = llama_compat.logits_row(self.llm, index, self._n_vocab) / temperature
         top = logits.max()
         log_probs: np.ndarray = logits - top - np.log(np.exp(logits - top).sum())
         return log_probs
@@ -259,6 +259,48 @@ class LocalEngine(Engine):
                 results.append(sum(float(self._log_softmax_at(first_row + i)[t]) for i, t in enumerate(cont)))
             self._batched_upto = len(base)
             return results
+
+    def continuation_top_logprobs(
+        self, prompt: str, continuation: str, k: int, temperature: float = 1.0
+    ) -> np.ndarray | None:
+        """Evaluates the prompt, then the continuation in batches, reading every row's distribution."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        with self._exclusive():
+            base = self._prompt_tokens(prompt)
+            cont = self._tokenize(continuation.encode("utf-8"), add_bos=False)
+            if not base:
+                raise EngineError(
+                    "an empty prompt gives no distribution for the first token (this model adds no BOS)",
+                    "give a prompt",
+                )
+            width = min(k, self._n_vocab)
+            rows = np.empty((len(cont), width), dtype=np.float32)
+            if not cont:
+                return rows
+            if len(base) + len(cont) > self.info.n_ctx:
+                raise EngineError(
+                    f"prompt and continuation ({len(base) + len(cont)} tokens) do not fit the context window",
+                    "raise n_ctx or shorten the text",
+                )
+            keep = max(0, min(self._cached_prefix(base), self._batched_upto, len(base) - 1))
+            bulk_end = len(base) - 1
+            if (bulk_end - keep) % self.llm.n_batch == 1:
+                bulk_end -= 1  # Llama.eval splits by n_batch: never leave a one-token batch
+            llama_compat.truncate_cache(self.llm, keep)
+            if bulk_end > keep:
+                self.llm.eval(base[keep:bulk_end])
+            region = base[bulk_end:] + cont[:-1]  # row lead + i predicts cont[i]
+            lead = len(base) - 1 - bulk_end
+            for start in range(0, len(region), self.llm.n_batch):
+                batch = region[start : start + self.llm.n_batch]
+                llama_compat.decode_batch(self.llm, batch)
+                for i in range(max(0, lead - start), len(batch)):
+                    log_probs = self._log_softmax_at(i, temperature)
+                    top = np.argpartition(log_probs, -width)[-width:]
+                    rows[start + i - lead] = np.sort(log_probs[top])[::-1]
+            self._batched_upto = len(base)
+            return rows
 
     def close(self) -> None:
         self.llm.close()

@@ -549,6 +549,22 @@ def train_data(
         typer.echo(line)
 
 
+@train_app.command("run")
+def train_run(
+    recipe: Annotated[Path, typer.Argument(help="A recipe TOML with [run] and stage tables (data, distill, sft).")],
+    out: Annotated[Path | None, typer.Option(help="Where the stages' run directories go (default: [run] out).")] = None,
+) -> None:
+    """Run a whole recipe: its stages in order, chained, each resumable and skipped once done."""
+    from trainer.recipe import run_recipe
+
+    settings = config_mod.load_settings().settings
+    result = run_recipe(recipe, settings, echo=lambda line: typer.echo(line, err=True), out=out)
+    for stage in result.stages:
+        state = "skipped (done before)" if stage.skipped else f"{stage.seconds:.0f} s"
+        typer.echo(f"{stage.name:8} {state:>22}  {stage.summary}  -> {stage.out}")
+    typer.echo(f"total {sum(s.seconds for s in result.stages):.0f} s")
+
+
 @train_app.command("sft")
 def train_sft(
     out: Annotated[Path, typer.Option(help="Run directory; rerun with the same one to resume.")],

@@ -140,6 +140,8 @@ def resolve(recipe: Path | None, table: str, flags: dict[str, Any], schema: type
             values[key] = value
             sources[key] = f"{recipe}"
     for key, value in flags.items():
+        if key not in known:
+            raise KatpilotError(f"[{table}] has an unknown key {key!r}", f"known: {', '.join(known)}")
         if value is not None:
             values[key] = value
             sources[key] = SOURCE_FLAG

@@ -1,0 +1,87 @@
+"""`katpilot train run RECIPE.toml`: the stages in order, chained, skipped once done, errors in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from quant_helpers import tiny_checkpoint
+
+from katpilot import config as config_mod
+from katpilot.errors import KatpilotError
+from trainer.recipe import run_recipe
+
+
+def _recipe(path: Path, model: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[run]
+out = "runs"
+model = "{model}"
+
+[data]
+tasks = "arithmetic"
+limit = 12
+
+[distill]
+method = "full"
+max_steps = 2
+batch_size = 4
+mtp_depth = 1
+{extra}
+
+[sft]
+method = "full"
+max_steps = 2
+batch_size = 4
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoint: Path, tmp_path: Path) -> None:
+    tiny = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "tiny")
+    recipe = _recipe(tmp_path / "tiny.toml", tiny)
+    settings = config_mod.load_settings().settings
+    result = run_recipe(recipe, settings, echo=lambda line: None)
+    runs = tmp_path / "runs"
+    assert [s.name for s in result.stages] == ["data", "distill", "sft"] and not any(s.skipped for s in result.stages)
+    sft_config = (runs / "sft" / "config.toml").read_text()
+    assert f'model = "{runs / "distill" / "final"}"  # the stage before' in sft_config
+    assert f'data = "{runs / "data"}"  # the stage before' in sft_config
+    assert f"max_steps = 2  # {recipe}" in sft_config
+    assert (runs / "distill" / "final" / "mtp.safetensors").is_file() and (runs / "sft" / "final").is_dir()
+    again = run_recipe(recipe, settings, echo=lambda line: None)
+    assert all(s.skipped for s in again.stages)
+    changed = recipe.read_text().replace(
+        "max_steps = 2\nbatch_size = 4\nmtp_depth", "max_steps = 3\nbatch_size = 4\nmtp_depth"
+    )
+    recipe.write_text(changed)
+    with pytest.raises(KatpilotError, match="another max_steps"):
+        run_recipe(recipe, settings, echo=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sft]\nepochs = 'many'\n", "epochs must be a float"),
+        ("[train]\nx = 1\n", "unknown table [train]"),
+        ("[run]\nmodel = 'x'\n", "has no stage"),
+        ("[sft]\nbogus = 1\n", "unknown key 'bogus'"),
+        ("[distill]\nmethod = 'lora'\n[sft]\n", "LoRA distill stage hands SFT an adapter"),
+        ("[data\n", "cannot read the recipe"),
+    ],
+)
+def test_bad_recipes_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "katpilot", "train", "run", str(recipe)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr

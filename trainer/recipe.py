@@ -1,0 +1,183 @@
+"""`katpilot train run RECIPE.toml`: a recipe's stages in order, each in its own run directory, chained.
+
+    [run]                     out = "runs/tiny" (default: beside the recipe, named after it)
+    model = "..."             the student every stage starts from unless its own table says otherwise
+    [data]                    `katpilot train data`'s knobs          -> OUT/data
+    [distill]                 `katpilot train distill`'s knobs       -> OUT/distill
+    [sft]                     `katpilot train sft`'s knobs           -> OUT/sft
+
+Only the tables present run, always in that order. Chaining: the data stage's directory is the
+default `data` of distill and SFT; distill's final model is the default `model` of SFT. A stage whose
+final model is already there (and whose settings are unchanged: the run directory refuses a change)
+is skipped; a stage cut short resumes from its last checkpoint; the data stage resumes by itself.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+
+STAGES = ("data", "distill", "sft")
+DATA_KEYS = {
+    "repo", "tasks", "teacher", "critic", "prompts", "limit", "jobs", "span",
+    "votes", "margin", "random_share", "intent_share", "retries", "seed",
+}  # fmt: skip
+
+
+@dataclass
+class StageResult:
+    name: str
+    out: Path
+    seconds: float
+    skipped: bool
+    summary: str
+
+
+@dataclass
+class RecipeResult:
+    out: Path
+    stages: list[StageResult] = field(default_factory=list)
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KatpilotError(f"cannot read the recipe {path} ({exc})", "give a TOML file") from None
+    unknown = [k for k in recipe if k not in ("run", *STAGES)]
+    if unknown:
+        raise KatpilotError(f"{path}: unknown table [{unknown[0]}]", f"tables: run, {', '.join(STAGES)}")
+    if not any(stage in recipe for stage in STAGES):
+        raise KatpilotError(f"{path} has no stage", f"add one of the tables {', '.join(STAGES)}")
+    _check_tables(recipe)
+    return recipe
+
+
+def _check_tables(recipe: dict[str, Any]) -> None:
+    """Every stage's settings checked before the first stage runs: a typo in [sft] must not wait hours."""
+    from trainer.config import DistillConfig, SFTConfig, resolve
+
+    if not isinstance(recipe.get("run", {}), dict):
+        raise KatpilotError("[run] must be a table", "write it as [run] with out = ... and model = ...")
+    for stage in STAGES:
+        table = recipe.get(stage)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise KatpilotError(f"[{stage}] must be a table", f"write it as [{stage}] with key = value lines")
+        if stage == "data":
+            unknown = sorted(set(table) - DATA_KEYS)
+            if unknown:
+                raise KatpilotError(
+                    f"[data] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(DATA_KEYS))}"
+                )
+        else:
+            resolve(None, stage, table, schema=DistillConfig if stage == "distill" else SFTConfig)
+
+
+def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, out: Path | None = None) -> RecipeResult:
+    """Run every stage of the recipe at `path`; returns what each did and how long it took."""
+    recipe = read_recipe(path)
+    run = recipe.get("run", {})
+    if out is not None:
+        root = out
+    elif run.get("out"):
+        root = Path(str(run["out"])).expanduser()
+        root = root if root.is_absolute() else path.parent / root
+    else:
+        root = path.with_suffix("")
+    result = RecipeResult(root)
+    distill = recipe.get("distill", {})
+    lora_distill = "distill" in recipe and distill.get("method", "lora") == "lora" and not distill.get("merge", False)
+    if "sft" in recipe and lora_distill:
+        raise KatpilotError(
+            f"{path}: a LoRA distill stage hands SFT an adapter, not a model",
+            'set merge = true in [distill] (or method = "full")',
+        )
+    data_dir: Path | None = None
+    model = str(run.get("model", ""))
+    for stage in STAGES:
+        if stage not in recipe:
+            continue
+        table = dict(recipe[stage])
+        started = time.perf_counter()
+        stage_out = root / stage
+        echo(f"katpilot: stage {stage} -> {stage_out}")
+        if stage == "data":
+            summary, skipped = _data_stage(table, stage_out, settings)
+            data_dir = stage_out
+        else:
+            chained = {}
+            if model and "model" not in table:
+                chained["model"] = model
+            if data_dir is not None and "data" not in table:
+                chained["data"] = str(data_dir)
+            summary, skipped, final = _training_stage(stage, table, chained, stage_out, path, settings, echo)
+            model = str(final)
+        result.stages.append(StageResult(stage, stage_out, time.perf_counter() - started, skipped, summary))
+        echo(f"katpilot: stage {stage} {'already done' if skipped else 'done'} in {result.stages[-1].seconds:.0f} s")
+    return result
+
+
+def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, bool]:
+    from trainer.data.builder import DataOptions
+    from trainer.data.command import DataRun, run_data
+    from trainer.data.sources import parse_kinds
+
+    option_keys = ("votes", "margin", "random_share", "intent_share", "retries", "seed")
+    options = DataOptions(**{k: table[k] for k in option_keys if k in table})
+    run = DataRun(
+        out=out,
+        kinds=parse_kinds(str(table.get("tasks", "arithmetic"))),
+        repo=Path(table["repo"]).expanduser() if table.get("repo") else None,
+        teacher=table.get("teacher"),
+        critic=table.get("critic", "teacher"),
+        prompts=Path(table["prompts"]).expanduser() if table.get("prompts") else None,
+        limit=table.get("limit"),
+        jobs=int(table.get("jobs", 1)),
+        options=options,
+        **({"span": int(table["span"])} if "span" in table else {}),
+    )
+    summary = run_data(settings, run)
+    return f"{summary.records} records from {summary.tasks} tasks", summary.ran == 0
+
+
+def _training_stage(
+    stage: str,
+    table: dict[str, Any],
+    chained: dict[str, str],
+    out: Path,
+    recipe_path: Path,
+    settings: Any,
+    echo: Callable[[str], None],
+) -> tuple[str, bool, Path]:
+    from trainer import run_dir
+    from trainer.config import DistillConfig, SFTConfig, resolve
+
+    schema = DistillConfig if stage == "distill" else SFTConfig
+    resolved = resolve(None, stage, table | chained, schema=schema)
+    for key in table:  # where each value came from: the recipe, or the stage before
+        resolved.sources[key] = str(recipe_path)
+    for key in chained:
+        resolved.sources[key] = "the stage before"
+    final = out / run_dir.FINAL
+    merged = final / "merged"
+    if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
+        run_dir.prepare(out, resolved, stage)  # refuses changed settings
+        done = merged if resolved.config.method == "lora" and resolved.config.merge else final
+        return "final model already there", True, done
+    if stage == "distill":
+        from trainer.distill import run_distill
+
+        distilled = run_distill(resolved, out, settings=settings, echo=echo)
+        return f"{distilled.steps} steps on {distilled.examples} examples", False, distilled.final
+    from trainer.sft import run_sft
+
+    tuned = run_sft(resolved, out)
+    return f"{tuned.steps} steps on {tuned.records} records", False, tuned.final

@@ -208,3 +208,14 @@ def test_the_command_reports_missing_inputs_in_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "no training data at nowhere" in proc.stderr
+
+
+def test_length_grouped_batches_and_tensorboard_when_missing(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:
+    flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 2, "batch_size": 4}
+    result = run_sft(resolve(None, "sft", flags | {"group_by_length": True}), tmp_path / "grouped")
+    assert result.steps == 2 and len(run_dir.read_metrics(tmp_path / "grouped")) == 2
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(KatpilotError, match="TensorBoard is not installed"):
+            run_sft(resolve(None, "sft", flags | {"tensorboard": True}), tmp_path / "tb")

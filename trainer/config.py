@@ -44,6 +44,8 @@ class SFTConfig:
     system_prompt: str = "You are katpilot, a concise and careful coding assistant."  # what serving sends
     merge: bool = False  # LoRA: also write the merged model to final/
     logging_steps: int = 1
+    group_by_length: bool = False  # batches of similar lengths (less padding), shuffled between groups
+    tensorboard: bool = False  # also log to TensorBoard (needs `pip install tensorboard`), under tensorboard/
 
     def __post_init__(self) -> None:
         problems = []

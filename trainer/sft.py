@@ -10,6 +10,8 @@ system prompt (`chat_data`), the run directory with its config sources, metrics 
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +104,12 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
     from transformers import TrainingArguments
 
     use_gpu = torch.cuda.is_available()
+    report_to = []
+    if cfg.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise KatpilotError("tensorboard = true, but TensorBoard is not installed", "pip install tensorboard")
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+        report_to = ["tensorboard"]
     return TrainingArguments(
         output_dir=str(out / run_dir.CHECKPOINTS),
         per_device_train_batch_size=cfg.batch_size,
@@ -118,7 +126,8 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
         data_seed=cfg.seed,
         use_cpu=not use_gpu,
         bf16=use_gpu and torch.cuda.is_bf16_supported(),
-        report_to=[],
+        report_to=report_to,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )

@@ -178,6 +178,8 @@ def run_distill(
     )
     if heads is not None:
         heads.to(trainer.args.device)  # the Trainer placed the model; the heads follow it
+    if live is not None:
+        live.model.to(trainer.args.device)
     result = train(trainer, resumed)
     final = save_final(trainer, model, tokenizer, cfg, out)
     if heads is not None and run_dir.is_main_process():

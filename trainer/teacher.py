@@ -77,6 +77,8 @@ class TransformersTeacher:
         self.model, self.tokenizer = load_student(spec)
         self.model.eval()
         self.model.requires_grad_(False)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
         self.name = spec
         self.torch = torch
 
@@ -99,15 +101,16 @@ class TransformersTeacher:
         return ids, aligned
 
     def logits(self, input_ids: Any, attention_mask: Any) -> Any:
+        device = self.model.device
         with self.torch.no_grad():
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
     def top_logprobs(self, text: TeacherText, k: int, temperature: float) -> np.ndarray:
         ids, aligned = self.encode(text)
         torch = self.torch
         logits = self.logits(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
-        rows = torch.log_softmax(logits[torch.tensor(aligned)].float() / temperature, dim=-1)
-        top: np.ndarray = rows.topk(min(k, rows.shape[-1]), dim=-1).values.numpy()
+        rows = torch.log_softmax(logits[torch.tensor(aligned, device=logits.device)].float() / temperature, dim=-1)
+        top: np.ndarray = rows.topk(min(k, rows.shape[-1]), dim=-1).values.cpu().numpy()
         return top
 
 

@@ -9,7 +9,9 @@ Targets (issue 16):
   an fsync of the destination, because the export fsyncs its output before renaming it (the ratio
   against the copy without its fsync, which stops at the page cache, is printed too). The source is
   read once before timing, so both start from a warm page cache: this measures the export's
-  conversion and write path, not a cold read of the source;
+  conversion and write path, not a cold read of the source. The copy is of the larger side: an
+  export that writes more bytes than it reads (bf16 -> f32) is held to a copy of what it writes,
+  one that writes fewer (f32 -> f16) to a copy of what it reads;
 - memory: each export runs in a fresh interpreter; its peak RSS (VmHWM, reset after the imports
   through /proc/self/clear_refs) minus its RSS after the imports (the constant) against the largest
   tensor's size as float32, since the reader converts every block to float32: increase / largest
@@ -300,7 +302,7 @@ def measure_memory(source: Path, out: Path, kind: str) -> Memory:
 def print_throughput(sources: list[Source], speed: dict[str, Throughput], rounds: int) -> tuple[float, str]:
     print(
         f"\nthroughput: median of {rounds} interleaved rounds, warm page cache, every output fsynced;"
-        " ratio = copy s / export s for the same source bytes"
+        " ratio = copy s / export s for the same source bytes; per out byte: against a copy of the bytes written"
     )
     print(
         f"{'checkpoint':<20}{'source MiB':>11}{'copy s':>8}  {'type':<5}{'out MiB':>8}{'export s':>9}{'ratio':>7}"
@@ -312,7 +314,9 @@ def print_throughput(sources: list[Source], speed: dict[str, Throughput], rounds
         for kind, t in run.exports.items():
             ratio = run.copy / t.total
             per_out = ratio * t.out_bytes / src.bytes  # against a copy of as many bytes as the export writes
-            lowest = min(lowest, (ratio, f"{src.label}, {kind}"))
+            # the target: against a copy of the larger side, the bytes read or the bytes written (bf16 -> f32
+            # writes twice what it reads, f32 -> f16 half: no copy moves fewer bytes than that side)
+            lowest = min(lowest, (max(ratio, per_out), f"{src.label}, {kind}"))
             print(
                 f"{src.label:<20}{src.bytes / MIB:>11.1f}{run.copy:>8.2f}  {kind:<5}{t.out_bytes / MIB:>8.1f}"
                 f"{t.total:>9.2f}{ratio:>7.2f}{per_out:>13.2f}{run.copy_cached / t.total:>18.2f}"
@@ -379,7 +383,10 @@ def main() -> None:
         " (other work on the machine slows the export's CPU-bound conversion more than the kernel's copy)"
     )
     verdict = "met" if lowest[0] >= THROUGHPUT_TARGET else "MISSED"
-    print(f"throughput (copy s / export s >= {THROUGHPUT_TARGET}): {verdict}, lowest {lowest[0]:.2f} ({lowest[1]})")
+    print(
+        f"throughput (copy s / export s >= {THROUGHPUT_TARGET}, the copy of the larger side, read or written): "
+        f"{verdict}, lowest {lowest[0]:.2f} ({lowest[1]})"
+    )
     verdict = "met" if highest[0] <= MEMORY_TARGET else "MISSED"
     print(
         f"memory (increase <= {MEMORY_TARGET}x the largest tensor): {verdict}, highest {highest[0]:.2f}x ({highest[1]})"

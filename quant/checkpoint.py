@@ -46,16 +46,22 @@ class TensorRef:
     def row_elements(self) -> int:
         return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
 
-    def blocks(self, group: int = 1, budget: int = BLOCK_BYTES) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
+    def blocks(
+        self, group: int = 1, budget: int = BLOCK_BYTES, bf16_bits: bool = False
+    ) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
         """(start, stop, rows as float32) blocks of whole `group`s of rows, read into buffers that
         are reused: each block is overwritten by the next, so use it (or copy it) before asking for
-        more. Reusing them saves a fresh allocation, and its page faults, per block."""
+        more. Reusing them saves a fresh allocation, and its page faults, per block.
+
+        `bf16_bits`: a BF16 tensor's rows come as their raw uint16 patterns, not widened (the export
+        writes them as bf16 unchanged, or rebases them to f16 in 16-bit arithmetic)."""
         code, size = _DTYPES[self.dtype]
+        raw_bits = bf16_bits and self.dtype == "BF16"
         per_row = self.row_elements
         spans = list(row_blocks(self.rows, per_row * 4, group, budget))
         most = max((stop - start) * per_row for start, stop in spans) if spans else 0
         raw = np.empty(most, dtype=code)
-        wide = raw if self.dtype == "F32" else np.empty(most, dtype=np.float32)
+        wide = raw if self.dtype == "F32" or raw_bits else np.empty(most, dtype=np.float32)
         with open(self.file, "rb") as handle:
             for start, stop in spans:
                 count = (stop - start) * per_row
@@ -64,7 +70,9 @@ class TensorRef:
                     raise QuantError(
                         f"{self.file} ends inside tensor {self.name}", "the file is truncated: copy it again"
                     )
-                if self.dtype == "BF16":  # bf16 is the top half of a float32
+                if raw_bits:
+                    pass
+                elif self.dtype == "BF16":  # bf16 is the top half of a float32
                     bits = wide[:count].view(np.uint32)
                     np.copyto(bits, raw[:count])
                     np.left_shift(bits, 16, out=bits)

@@ -198,10 +198,13 @@ def _tensor(ckpt: Checkpoint, hp: Hyper, plan: TensorPlan, qtype: Q, adapter: Ad
     pair = adapter.pairs.get(plan.source) if adapter is not None else None
     group = hp.head_dim if plan.permute_heads else 1
 
+    # bf16 written as f16 or bf16 stays in 16 bits all the way (gguf_out.Encoder takes the patterns)
+    bits = pair is None and qtype in (Q.F16, Q.BF16)
+
     def blocks() -> Iterator[np.ndarray[Any, Any]]:
         a = pair.a.read() if pair is not None else None
         b = pair.b.read() * adapter.scale if pair is not None and adapter is not None else None
-        for start, stop, rows in ref.blocks(group):
+        for start, stop, rows in ref.blocks(group, bf16_bits=bits):
             if a is not None and b is not None:
                 rows = rows + b[start:stop] @ a
             yield to_llama_rotary(rows, hp.head_dim) if plan.permute_heads else rows

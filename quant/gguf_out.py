@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 
 from quant.errors import QuantError
+from quant.halfbits import bf16_to_f16_bits
 
 Q = gguf.GGMLQuantizationType
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -50,7 +51,8 @@ class Writer(gguf.GGUFWriter):
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One tensor to write: GGUF name, type, shape (PyTorch order) and its float32 row blocks."""
+    """One tensor to write: GGUF name, type, shape (PyTorch order) and its row blocks: float32, or a
+    bf16 tensor's raw uint16 patterns when it is written as f16 or bf16."""
 
     name: str
     qtype: Q
@@ -70,6 +72,8 @@ class Encoder:
         self._scratch = np.empty(0, dtype="<f2")
 
     def __call__(self, rows: np.ndarray[Any, Any], qtype: Q) -> memoryview | bytes:
+        if rows.dtype == np.uint16:  # bf16 patterns (TensorRef.blocks(bf16_bits=True))
+            return self._from_bf16(rows, qtype)
         if qtype == Q.F32:
             return np.ascontiguousarray(rows, dtype="<f4").data.cast("B")
         if qtype == Q.F16:
@@ -79,6 +83,17 @@ class Encoder:
             np.copyto(half, rows, casting="same_kind")
             return half.data.cast("B")
         return bytes(gguf.quants.quantize(np.ascontiguousarray(rows, dtype=np.float32), qtype).tobytes())
+
+    def _from_bf16(self, bits: np.ndarray[Any, Any], qtype: Q) -> memoryview | bytes:
+        if qtype == Q.BF16:  # unchanged
+            return np.ascontiguousarray(bits, dtype="<u2").data.cast("B")
+        if qtype != Q.F16:
+            raise QuantError(f"internal error: bf16 patterns for {qtype.name}", "report this bug")
+        if self._scratch.size < bits.size:
+            self._scratch = np.empty(bits.size, dtype="<f2")
+        half = self._scratch[: bits.size].view(np.uint16)
+        bf16_to_f16_bits(np.ascontiguousarray(bits).reshape(-1), out=half)
+        return half.data.cast("B")
 
 
 def hidden_partial(path: Path, tag: str = "partial") -> Path:

@@ -310,3 +310,22 @@ def split(text: str, tags: frozenset[str] = KAT_TAGS) -> Parts:
 def has_tag(text: str, tags: frozenset[str] = KAT_TAGS) -> bool:
     """Whether the text holds one of the tags (so it cannot sit inside a rendered part)."""
     return any(tag in text for tag in tags)
+
+
+_WELL_FORMED = re.compile(
+    r"<judge>(?P<judge>.*?)</judge>\s*"
+    r"(?:<think_off>|<think_on>\s*<think>(?P<think>.*?)</think>)\s*"
+    r"<answer>(?P<answer>.*?)</answer>",
+    re.DOTALL,
+)
+
+
+def well_formed(text: str) -> bool:
+    """Whether a whole response is the AutoThink format with nothing for the gate to repair: a judge,
+    one decision tag, a think block exactly when it is on, an answer, each non-empty and free of
+    tags, and nothing around them but whitespace (what the trainer's format reward and tests ask)."""
+    found = _WELL_FORMED.fullmatch(text.strip())
+    if found is None:
+        return False
+    parts = [p for p in found.group("judge", "think", "answer") if p is not None]
+    return all(p.strip() and not has_tag(p) for p in parts)

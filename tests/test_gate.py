@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -217,3 +218,22 @@ def test_forced_think_off_on_a_model_that_wants_to_think() -> None:
     events = g.decide("off", "user") + g.feed("<think_off>\n<answer>\n") + feed_tokens(g, ["Four", ".", "</answer>"])
     assert decisions(events) == [Decision("off", "user")]
     assert texts(events, Segment.ANSWER).strip() == "Four."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<judge>\neasy\n</judge>\n<think_off>\n<answer>\n4\n</answer>", True),
+        ("<judge>hard</judge><think_on><think>2+2 is 4</think><answer>4</answer>\n", True),
+        ("<judge>easy</judge><think_off><answer>4</answer> and more", False),  # text after the answer
+        ("<judge>easy</judge><answer>4</answer>", False),  # no decision tag: the gate decides "off" itself
+        ("<judge>hard</judge><think_on><answer>4</answer>", False),  # on, but no think block
+        ("<judge>easy</judge><think_off><think>x</think><answer>4</answer>", False),  # off with thinking
+        ("<judge></judge><think_off><answer>4</answer>", False),  # an empty judge
+        ("<judge>easy</judge><think_off><answer>4", False),  # the answer never closes
+        ("<judge>a <think_on> b</judge><think_off><answer>4</answer>", False),  # a tag inside the judge
+        ("4", False),
+    ],
+)
+def test_well_formed_means_nothing_to_repair(text: str, expected: bool) -> None:
+    assert gate.well_formed(text) is expected

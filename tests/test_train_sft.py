@@ -167,9 +167,7 @@ def test_cold_start_teaches_the_embedded_model_the_format_and_its_modes(model_pa
     well_formed = labelled = 0
     for record, text in zip(records, texts, strict=True):
         parts = gate.split(text)
-        ok = all(t in text for t in (gate.JUDGE_CLOSE, gate.ANSWER_OPEN, gate.ANSWER_CLOSE)) and (
-            (gate.THINK_ON in text) != (gate.THINK_OFF in text)
-        )
+        ok = gate.well_formed(text)
         well_formed += ok
         labelled += ok and parts.mode == record["mode"]
     print(f"well-formed {well_formed}/{len(records)}, labelled mode {labelled}/{len(records)}")
@@ -210,12 +208,33 @@ def test_the_command_reports_missing_inputs_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no training data at nowhere" in proc.stderr
 
 
-def test_length_grouped_batches_and_tensorboard_when_missing(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:
+def test_length_grouped_batches_and_tensorboard_when_missing(
+    tiny: Path, arithmetic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 2, "batch_size": 4}
     result = run_sft(resolve(None, "sft", flags | {"group_by_length": True}), tmp_path / "grouped")
     assert result.steps == 2 and len(run_dir.read_metrics(tmp_path / "grouped")) == 2
+    shown = capsys.readouterr()
+    progress = [line for line in shown.err.splitlines() if line.startswith("sft step ")]
+    assert len(progress) == 2 and progress[-1].startswith("sft step 2/2  loss ") and "tok/s" in progress[-1]
+    assert "{'loss'" not in shown.out + shown.err  # transformers' printed dicts are replaced, not doubled
     import importlib.util
 
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(KatpilotError, match="TensorBoard is not installed"):
             run_sft(resolve(None, "sft", flags | {"tensorboard": True}), tmp_path / "tb")
+
+
+def test_out_of_memory_is_one_line_with_the_knobs_to_turn(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class RunOutOfMemory(TrainerCallback):  # a failure made on purpose: no machine here runs out
+        def on_step_begin(self, args: object, state: object, control: object, **kwargs: object) -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 2, "batch_size": 4}
+    with pytest.raises(KatpilotError) as caught:
+        run_sft(resolve(None, "sft", flags), tmp_path / "oom", callbacks=[RunOutOfMemory()])
+    line = caught.value.one_line()
+    assert "\n" not in line and "out of memory while training" in line
+    assert "batch_size" in line and "gradient_checkpointing" in line

@@ -27,7 +27,8 @@ from katpilot.errors import KatpilotError
 from trainer import run_dir
 from trainer.config import DistillConfig, Resolved
 from trainer.distill_data import Example, build_examples
-from trainer.sft import Rows, finish, metrics_callback, save_final, train, trainable_student, training_arguments
+from trainer.progress import metrics_callback, replace_default_display
+from trainer.sft import Rows, finish, save_final, train, trainable_student, training_arguments
 
 TABLE = "distill"
 HEADS_IN_CHECKPOINT = "mtp_heads.safetensors"
@@ -174,8 +175,14 @@ def run_distill(
         args=training_arguments(cfg, out),
         train_dataset=Rows(rows),
         data_collator=Collator(tokenizer.pad_token_id, cache, live),
-        callbacks=[metrics_callback(metrics), *extra_callbacks, *callbacks],
+        callbacks=[metrics_callback(metrics, "distill"), *extra_callbacks, *callbacks],
     )
+    replace_default_display(trainer)
+    if heads is not None and trainer.is_fsdp_enabled:
+        raise KatpilotError(
+            "MTP heads train under DDP, not FSDP: they share the embedding and output head FSDP shards",
+            "launch with configs/accelerate/ddp.yaml, or set mtp_depth = 0",
+        )
     if heads is not None:
         heads.to(trainer.args.device)  # the Trainer placed the model; the heads follow it
     if live is not None:

@@ -101,13 +101,17 @@ class MetricsLog:
 
     def add_parts(self, parts: dict[str, float]) -> None:
         """A micro-batch's loss parts (ce, uld, mtp, ...): their means go into the next line as loss_<part>."""
-        for name, value in parts.items():
+        self.add_values({f"loss_{name}": value for name, value in parts.items()})
+
+    def add_values(self, values: dict[str, float]) -> None:
+        """A micro-batch's measurements under their own names: their means go into the next line."""
+        for name, value in values.items():
             self._parts.setdefault(name, []).append(value)
 
     def write(self, step: int, logs: dict[str, float]) -> dict[str, Any]:
         now = time.perf_counter()
         row: dict[str, Any] = {"step": step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-        row |= {f"loss_{name}": sum(values) / len(values) for name, values in self._parts.items() if values}
+        row |= {name: sum(values) / len(values) for name, values in self._parts.items() if values}
         self._parts = {}
         row["tokens_per_s"] = (self.tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
         self._last_tokens, self._last_time = self.tokens, now
@@ -129,35 +133,48 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_report(out: Path, title: str, facts: list[str]) -> None:
-    """report.md with the loss, learning-rate and tokens/s curves (report.png); the main process only."""
+# (label, keys): a panel of report.png draws the metrics named by `keys`; a key ending in "_" or "/" stands
+# for every metric that starts with it
+Panel = tuple[str, tuple[str, ...]]
+DEFAULT_PANELS: tuple[Panel, ...] = (
+    ("loss", ("loss",)),
+    ("loss parts", ("loss_",)),
+    ("learning rate", ("learning_rate",)),
+    ("tokens/s", ("tokens_per_s",)),
+)
+
+
+def write_report(out: Path, title: str, facts: list[str], panels: tuple[Panel, ...] = DEFAULT_PANELS) -> None:
+    """report.md with the curves of `panels` (report.png); the main process only."""
     if not is_main_process():
         return
     rows = [r for r in read_metrics(out) if "loss" in r]
     lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], ""]
     if rows:
-        _plot(out, rows)
+        _plot(out, rows, panels)
         first, last = rows[0], rows[-1]
         lines += [
             f"Loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {last['step']}.",
             "",
-            f"![loss, learning rate and tokens/s]({PLOT_FILE})",
+            f"![{', '.join(label for label, _ in panels)}]({PLOT_FILE})",
             "",
         ]
     write_atomic(out / REPORT_FILE, "\n".join(lines))
 
 
-def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
+def _plot(out: Path, rows: list[dict[str, Any]], panels: tuple[Panel, ...]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    parts = sorted({k for r in rows for k in r if k.startswith("loss_")})
-    series = [(["loss"], "loss"), (parts, "loss parts"), (["learning_rate"], "learning rate")]
-    series.append((["tokens_per_s"], "tokens/s"))
-    shown = [(keys, label) for keys, label in series if keys and any(k in r for r in rows for k in keys)]
+    names = sorted({k for r in rows for k in r})
+    shown = []
+    for label, patterns in panels:
+        keys = [k for k in names if any(k.startswith(p) if p.endswith(("_", "/")) else k == p for p in patterns)]
+        if keys:
+            shown.append((keys, label))
     fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.4 * len(shown)), sharex=True)
     for ax, (keys, label) in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
         for key in keys:

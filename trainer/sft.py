@@ -22,6 +22,7 @@ from trainer import run_dir
 from trainer.chat_data import load_chats, tokenize_chat
 from trainer.config import Resolved, SFTConfig
 from trainer.model_io import add_autothink_tokens, ensure_fim_tokens, load_student
+from trainer.progress import metrics_callback, replace_default_display
 
 TABLE = "sft"
 
@@ -66,8 +67,9 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         args=training_arguments(cfg, out),
         train_dataset=Rows(examples),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[metrics_callback(metrics), *callbacks],
+        callbacks=[metrics_callback(metrics, "sft"), *callbacks],
     )
+    replace_default_display(trainer)
     result = train(trainer, resumed)
     final = save_final(trainer, model, tokenizer, cfg, out)
     steps = int(result.global_step)
@@ -131,18 +133,6 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-
-
-def metrics_callback(metrics: run_dir.MetricsLog) -> Any:
-    """A callback writing every logged step to metrics.jsonl (the main process only)."""
-    from transformers import TrainerCallback
-
-    class Metrics(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if logs and state.is_world_process_zero and "loss" in logs:
-                metrics.write(state.global_step, logs)
-
-    return Metrics()
 
 
 def train(trainer: Any, resumed: bool) -> Any:

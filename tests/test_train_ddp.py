@@ -52,3 +52,22 @@ def test_two_processes_end_with_equal_parameters(smol_checkpoint: Path, tmp_path
     run = tmp_path / "run"
     assert (run / "final" / "mtp.safetensors").is_file() and (run / "report.md").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # one process logged
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_the_shipped_accelerate_configs_are_ones_accelerate_launch_takes(name: str) -> None:
+    """Every key of configs/accelerate/*.yaml is one `accelerate launch` knows (a typo would be ignored there)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = HERE.parent / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert (
+        getattr(config.distributed_type, "value", config.distributed_type) == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name]
+    )
+    args = []
+    for key, value in (config.fsdp_config or {}).items():
+        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    parsed = launch_command_parser().parse_args([*args, "--num_processes", str(config.num_processes), "train.py"])
+    for key, value in (config.fsdp_config or {}).items():
+        assert str(getattr(parsed, key)).lower() == str(value).lower(), key

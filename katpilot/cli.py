@@ -641,6 +641,49 @@ def train_distill(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+@train_app.command("rl")
+def train_rl(
+    out: Annotated[Path, typer.Option(help="Run directory; rerun with the same one to resume.")],
+    model: Annotated[
+        str | None, typer.Option(help="Policy: the cold-start SFT's final model (or any checkpoint).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="A `train data` directory, or an eval suite (arithmetic, code, a JSONL file).")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [rl] table sets defaults.")] = None,
+    generations: Annotated[int | None, typer.Option(help="Rollouts per prompt (G).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest rollout, in tokens.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the rollouts.")] = None,
+    loss_type: Annotated[str | None, typer.Option(help="grpo, bnpo, dr_grpo or dapo (TRL's meanings).")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL weight to the reference (default 0).")] = None,
+    judge_reward: Annotated[
+        bool | None, typer.Option("--judge-reward/--no-judge-reward", help="Reward the mode decision on its own.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Default: 1e-5 (LoRA), 1e-6 (full).")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (overrides epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per step.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: also write the merged model.")] = None,
+) -> None:
+    """Step-SRPO: teach the policy when to think (judge reward) and to answer right (answer reward)."""
+    from trainer.config import RLConfig, resolve
+    from trainer.rl.train import run_rl
+
+    flags = {
+        "model": model, "data": data, "generations": generations, "max_new_tokens": max_new_tokens,
+        "temperature": temperature, "loss_type": loss_type, "beta": beta, "judge_reward": judge_reward,
+        "method": method, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "seed": seed, "merge": merge,
+    }  # fmt: skip
+    result = run_rl(resolve(recipe, "rl", flags, schema=RLConfig), out)
+    state = "resumed and finished" if result.resumed else "finished"
+    typer.echo(f"{state}: {result.steps} steps on {result.prompts} prompts ({result.skipped} skipped)")
+    typer.echo(f"final model: {result.final}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 @quant_app.command("quantize")
 def quant_quantize(
     source: Annotated[Path, typer.Argument(help="The GGUF to quantize (best: an f16 or f32 export).")],

@@ -54,9 +54,8 @@ def tokenize_chat(
     tokenizer: Any, messages: list[dict[str, str]], system_prompt: str, max_length: int
 ) -> dict[str, list[int]] | None:
     """input_ids, attention_mask and labels (answer tokens only); None when longer than max_length."""
-    if system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    messages = with_system_prompt(messages, system_prompt)
+    prompt = prompt_text(tokenizer, messages[:-1], "")
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
         raise KatpilotError(
@@ -73,3 +72,18 @@ def tokenize_chat(
         "attention_mask": [1] * len(ids),
         "labels": [IGNORE] * len(prompt_ids) + answer_ids,
     }
+
+
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+    """The messages with serving's system prompt first when they bring none (what the model will see)."""
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]], system_prompt: str) -> str:
+    """The rendered conversation up to the assistant's turn, as serving renders it for generation."""
+    rendered: str = tokenizer.apply_chat_template(
+        with_system_prompt(messages, system_prompt), tokenize=False, add_generation_prompt=True
+    )
+    return rendered

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from katpilot.errors import KatpilotError
+from trainer.rl.objective import LOSS_TYPES, SCALES
 
 SOURCE_DEFAULT = "default"
 SOURCE_FLAG = "flag"
@@ -115,6 +116,54 @@ class DistillConfig(SFTConfig):
             problems.append("temperatures must be above 0")
         if problems:
             raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
+
+
+@dataclass(frozen=True)
+class RLConfig(SFTConfig):
+    """Step-SRPO. `data`: a `katpilot train data` dataset or an eval suite (`arithmetic`, a JSONL file);
+    `batch_size`: prompts per step, each answered `generations` times."""
+
+    batch_size: int = 4
+    epochs: float = 1.0
+    max_length: int = 512  # prompt tokens; longer prompts are skipped (counted)
+    generations: int = 4  # G, rollouts per prompt
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    loss_type: str = "dapo"  # grpo, bnpo, dr_grpo or dapo, with TRL's meaning
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0: epsilon (DAPO's clip-higher: 0.28)
+    beta: float = 0.0  # KL to the reference (the base with adapters off under LoRA)
+    scale_rewards: str = "group"  # advantages over the group's std, the batch's, or none
+    format_weight: float = 0.2
+    judge_reward: bool = True  # off: every token gets the answer advantage (plain GRPO)
+    judge_margin: float = 0.1  # think-off is right unless think-on passes this much more often
+    label_weight: float = 0.5  # judge reward for agreeing with the dataset's mode label
+    mode_weight: float = 1.0  # the decoupled mode-tag loss coefficient; 0: not decoupled
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
+        if self.scale_rewards not in SCALES:
+            problems.append(f"scale_rewards must be one of {', '.join(SCALES)}, not {self.scale_rewards!r}")
+        if self.generations < 2:
+            problems.append("generations must be at least 2 (advantages compare rollouts of one prompt)")
+        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1:
+            problems.append("max_new_tokens >= 1, temperature > 0 and top_p within (0, 1]")
+        if min(self.epsilon, self.epsilon_high, self.beta, self.format_weight, self.label_weight, self.mode_weight) < 0:
+            problems.append("epsilon, epsilon_high, beta, format_weight, label_weight and mode_weight must be >= 0")
+        if not 0 <= self.judge_margin <= 1:
+            problems.append("judge_margin must be within [0, 1]")
+        if problems:
+            raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate > 0:
+            return self.learning_rate
+        return 1e-5 if self.method == "lora" else 1e-6
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,12 @@ def load_student(spec: str | Path) -> tuple[Any, Any]:
 
     path = _resolve(spec)
     try:
-        if path.is_dir():
+        if path.is_dir() and (path / "adapter_config.json").is_file():  # a LoRA run's final/: merged in
+            from peft import AutoPeftModelForCausalLM
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype="auto").merge_and_unload()
+        elif path.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
         else:

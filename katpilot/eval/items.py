@@ -7,8 +7,8 @@ know where an item came from. The trainer's data stage grades with the same `gra
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
 
 from katpilot.eval.verify import (
     Verdict,
@@ -41,6 +41,33 @@ class EvalItem:
     min_similarity: float = 0.8  # similar: the least token similarity (0..1) that passes
     code_language: str = ""  # similar: the texts are code in this index language (comments dropped); "": prose
     meta: dict[str, str] = field(default_factory=dict)  # what a generated item asks about (repo: kind, name)
+
+
+def item_to_json(item: EvalItem) -> dict[str, Any]:
+    """The item as a JSON object (a training record carries it, so RL grades as eval does)."""
+    return asdict(item)
+
+
+def item_from_json(data: object) -> EvalItem:
+    """The item a JSON object describes; ValueError naming the field that is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("item must be an object")
+    known = {f.name for f in fields(EvalItem)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"item has unknown fields {', '.join(unknown)}")
+    for name in ("id", "prompt"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ValueError(f"item.{name} must be a non-empty string")
+    if data.get("verifier") not in get_args(VerifierName):
+        raise ValueError(f"item.verifier must be one of {', '.join(get_args(VerifierName))}")
+    values = dict(data)
+    if "accepted" in values:
+        values["accepted"] = tuple(values["accepted"] or ())
+    try:
+        return EvalItem(**values)
+    except TypeError as exc:
+        raise ValueError(f"item is malformed ({exc})") from None
 
 
 def grade(item: EvalItem, answer: str) -> Verdict:

@@ -34,7 +34,7 @@ from typing import Any
 
 from katpilot import gate
 from katpilot.errors import KatpilotError
-from katpilot.eval.items import grade
+from katpilot.eval.items import grade, item_to_json
 from katpilot.eval.records import DurableLog, check_fingerprint, make_output_dir, read_journal, write_atomic
 from katpilot.index.secrets import redact
 from katpilot.terms import Mode
@@ -359,6 +359,7 @@ class DatasetBuilder:
             "symbol": task.symbol or "",
             "verifier": verifier,
             "verdict": {"passed": passed, "reason": reason or ""},
+            "item": item_to_json(task.item) if task.ground_truth else None,  # what RL grades rollouts with
             "answer_from": chosen.source,
             "chosen_by": chosen_by,
             "intent": intent,

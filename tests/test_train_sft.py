@@ -111,6 +111,10 @@ def test_a_run_trains_and_writes_its_directory(tiny: Path, arithmetic_data: Path
 
         loaded = AutoModelForCausalLM.from_pretrained(final)
     assert loaded.get_input_embeddings().weight.shape[0] == 49152 + len(AUTOTHINK_TAGS)
+    student, _ = load_student(final)  # the next stage's model: a LoRA final/ comes merged into its base
+    ids = torch.tensor([[1, 500, 49152, 49153, 700]])  # tag tokens included
+    with torch.no_grad():
+        assert torch.allclose(student(ids).logits, loaded.eval()(ids).logits, atol=1e-4)
 
 
 def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmetic_data: Path, tmp_path: Path) -> None:

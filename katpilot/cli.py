@@ -551,7 +551,7 @@ def train_data(
 
 @train_app.command("run")
 def train_run(
-    recipe: Annotated[Path, typer.Argument(help="A recipe TOML with [run] and stage tables (data, distill, sft).")],
+    recipe: Annotated[Path, typer.Argument(help="A recipe TOML with [run] and stage tables (data, distill, sft, rl).")],
     out: Annotated[Path | None, typer.Option(help="Where the stages' run directories go (default: [run] out).")] = None,
 ) -> None:
     """Run a whole recipe: its stages in order, chained, each resumable and skipped once done."""

@@ -39,6 +39,13 @@ mtp_depth = 1
 method = "full"
 max_steps = 2
 batch_size = 4
+
+[rl]
+method = "full"
+max_steps = 1
+batch_size = 2
+generations = 2
+max_new_tokens = 8
 """,
         encoding="utf-8",
     )
@@ -51,12 +58,16 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
     settings = config_mod.load_settings().settings
     result = run_recipe(recipe, settings, echo=lambda line: None)
     runs = tmp_path / "runs"
-    assert [s.name for s in result.stages] == ["data", "distill", "sft"] and not any(s.skipped for s in result.stages)
+    assert [s.name for s in result.stages] == ["data", "distill", "sft", "rl"]
+    assert not any(s.skipped for s in result.stages)
     sft_config = (runs / "sft" / "config.toml").read_text()
     assert f'model = "{runs / "distill" / "final"}"  # the stage before' in sft_config
     assert f'data = "{runs / "data"}"  # the stage before' in sft_config
     assert f"max_steps = 2  # {recipe}" in sft_config
     assert (runs / "distill" / "final" / "mtp.safetensors").is_file() and (runs / "sft" / "final").is_dir()
+    rl_config = (runs / "rl" / "config.toml").read_text()
+    assert f'model = "{runs / "sft" / "final"}"  # the stage before' in rl_config and "generations = 2" in rl_config
+    assert (runs / "rl" / "final" / "model.safetensors").is_file() and result.stages[-1].summary.startswith("1 steps")
     again = run_recipe(recipe, settings, echo=lambda line: None)
     assert all(s.skipped for s in again.stages)
     changed = recipe.read_text().replace(
@@ -75,6 +86,8 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[run]\nmodel = 'x'\n", "has no stage"),
         ("[sft]\nbogus = 1\n", "unknown key 'bogus'"),
         ("[distill]\nmethod = 'lora'\n[sft]\n", "LoRA distill stage hands SFT an adapter"),
+        ("[sft]\n[rl]\n", "LoRA sft stage hands RL an adapter"),
+        ("[rl]\nloss_type = 'ppo'\n", "loss_type must be one of"),
         ("[data\n", "cannot read the recipe"),
     ],
 )

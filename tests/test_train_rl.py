@@ -101,11 +101,19 @@ def test_the_judge_reward_follows_the_groups_evidence_with_a_margin_for_think_of
     assert labelled.judge == [1, 1, 0.5, 0.5]
     assert right_mode([1, 0], [1, 1], margin=0.1) == "on"  # 0.5 against 1.0: thinking pays
     assert right_mode([1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 0.0], margin=0.2) == "off"  # 0.75 vs 0.9
-    assert right_mode([], [1, 1], margin=0.1) is None
+    assert right_mode([], [1, 1], margin=0.1) is None  # off might pass as often: thinking may not pay
+    assert right_mode([1, 1, 1, 1], [], margin=0.1) == "off"  # no pass rate of on could beat it by the margin
+    assert right_mode([1, 0], [], margin=0.1) is None  # on might pass more often
+    assert right_mode([], [0, 0, 0], margin=0.1) == "off"  # thinking did not pay, whatever off would do
+    assert right_mode([], [], margin=0.1) is None
     one_mode = group_rewards(ITEM, group[2:], None, RewardSettings())
     assert one_mode.right_mode is None and one_mode.judge == [0, 0]  # no evidence, no label: no judge signal
+    all_off = group_rewards(ITEM, group[:2], None, RewardSettings())
+    assert all_off.right_mode == "off" and all_off.judge == [1, 1]  # a group that got it right without thinking
     undecided = token_segments(["4"])
-    assert group_rewards(ITEM, [undecided, group[0]], "off", RewardSettings()).judge == [0, 0.5]
+    # no decision, no judge reward, and no evidence: the one decided rollout got it right without thinking
+    assert group_rewards(ITEM, [undecided, group[0]], "off", RewardSettings()).judge == [0, 1.5]
+    assert group_rewards(ITEM, [undecided, group[3]], "off", RewardSettings()).judge == [0, 0]  # on, wrong: off
 
 
 # -- advantages and the loss -------------------------------------------------------------------------
@@ -289,6 +297,7 @@ def _rl(policy: Path, data: Path, **overrides: object):  # type: ignore[no-untyp
     return resolve(None, "rl", flags | overrides, schema=RLConfig)
 
 
+@pytest.mark.timeout(900)  # the first one builds the policy fixture (about 100 s alone on 2 cores)
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_run_trains_and_writes_its_directory(
     policy: Path, arithmetic_data: Path, tmp_path: Path, method: str
@@ -320,6 +329,7 @@ def test_a_run_trains_and_writes_its_directory(
     assert (result.final / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")).is_file()
 
 
+@pytest.mark.timeout(900)
 def test_resume_after_a_kill_draws_the_same_rollouts_and_loss(
     policy: Path, arithmetic_data: Path, tmp_path: Path
 ) -> None:

@@ -5,9 +5,11 @@
     [data]                    `katpilot train data`'s knobs          -> OUT/data
     [distill]                 `katpilot train distill`'s knobs       -> OUT/distill
     [sft]                     `katpilot train sft`'s knobs           -> OUT/sft
+    [rl]                      `katpilot train rl`'s knobs            -> OUT/rl
 
 Only the tables present run, always in that order. Chaining: the data stage's directory is the
-default `data` of distill and SFT; distill's final model is the default `model` of SFT. A stage whose
+default `data` of every later stage; each training stage's final model is the default `model` of the
+next (distill -> SFT -> RL). A stage whose
 final model is already there (and whose settings are unchanged: the run directory refuses a change)
 is skipped; a stage cut short resumes from its last checkpoint; the data stage resumes by itself.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 
-STAGES = ("data", "distill", "sft")
+STAGES = ("data", "distill", "sft", "rl")
 DATA_KEYS = {
     "repo", "tasks", "teacher", "critic", "prompts", "limit", "jobs", "span",
     "votes", "margin", "random_share", "intent_share", "retries", "seed",
@@ -61,7 +63,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
 
 def _check_tables(recipe: dict[str, Any]) -> None:
     """Every stage's settings checked before the first stage runs: a typo in [sft] must not wait hours."""
-    from trainer.config import DistillConfig, SFTConfig, resolve
+    from trainer.config import resolve
 
     if not isinstance(recipe.get("run", {}), dict):
         raise KatpilotError("[run] must be a table", "write it as [run] with out = ... and model = ...")
@@ -78,7 +80,7 @@ def _check_tables(recipe: dict[str, Any]) -> None:
                     f"[data] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(DATA_KEYS))}"
                 )
         else:
-            resolve(None, stage, table, schema=DistillConfig if stage == "distill" else SFTConfig)
+            resolve(None, stage, table, schema=_schema(stage))
 
 
 def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, out: Path | None = None) -> RecipeResult:
@@ -93,13 +95,13 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
     else:
         root = path.with_suffix("")
     result = RecipeResult(root)
-    distill = recipe.get("distill", {})
-    lora_distill = "distill" in recipe and distill.get("method", "lora") == "lora" and not distill.get("merge", False)
-    if "sft" in recipe and lora_distill:
-        raise KatpilotError(
-            f"{path}: a LoRA distill stage hands SFT an adapter, not a model",
-            'set merge = true in [distill] (or method = "full")',
-        )
+    for before, after, name in (("distill", "sft", "SFT"), ("sft", "rl", "RL")):
+        table = recipe.get(before, {})
+        if before in recipe and after in recipe and table.get("method", "lora") == "lora" and not table.get("merge"):
+            raise KatpilotError(
+                f"{path}: a LoRA {before} stage hands {name} an adapter, not a model",
+                f'set merge = true in [{before}] (or method = "full")',
+            )
     data_dir: Path | None = None
     model = str(run.get("model", ""))
     for stage in STAGES:
@@ -158,10 +160,9 @@ def _training_stage(
     echo: Callable[[str], None],
 ) -> tuple[str, bool, Path]:
     from trainer import run_dir
-    from trainer.config import DistillConfig, SFTConfig, resolve
+    from trainer.config import resolve
 
-    schema = DistillConfig if stage == "distill" else SFTConfig
-    resolved = resolve(None, stage, table | chained, schema=schema)
+    resolved = resolve(None, stage, table | chained, schema=_schema(stage))
     for key in table:  # where each value came from: the recipe, or the stage before
         resolved.sources[key] = str(recipe_path)
     for key in chained:
@@ -177,7 +178,18 @@ def _training_stage(
 
         distilled = run_distill(resolved, out, settings=settings, echo=echo)
         return f"{distilled.steps} steps on {distilled.examples} examples", False, distilled.final
+    if stage == "rl":
+        from trainer.rl.train import run_rl
+
+        reinforced = run_rl(resolved, out)
+        return f"{reinforced.steps} steps on {reinforced.prompts} prompts", False, reinforced.final
     from trainer.sft import run_sft
 
     tuned = run_sft(resolved, out)
     return f"{tuned.steps} steps on {tuned.records} records", False, tuned.final
+
+
+def _schema(stage: str) -> Any:
+    from trainer.config import DistillConfig, RLConfig, SFTConfig
+
+    return {"distill": DistillConfig, "rl": RLConfig}.get(stage, SFTConfig)

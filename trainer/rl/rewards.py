@@ -7,7 +7,8 @@
   own evidence: the pass rate of its think-off rollouts against its think-on ones, with a margin that
   favours think-off (off is right when pass_off >= pass_on - margin, so thinking must pay for its
   tokens); plus `label_weight` when the mode agrees with the dataset's majority-vote label, where the
-  data has one. A group whose rollouts all chose one mode has no evidence: only the label speaks.
+  data has one. A group whose rollouts all chose one mode decides only where the other mode's pass
+  rate could not change the verdict (see `right_mode`); otherwise only the label speaks.
   A rollout that never decided with a tag gets no judge reward at all (it made no decision to reward).
 """
 
@@ -48,10 +49,9 @@ def group_rewards(
     correct = [1.0 if grade(item, r.parts.answer).passed else 0.0 for r in rollouts]
     formatted = [1.0 if r.well_formed else 0.0 for r in rollouts]
     answer = [c + settings.format_weight * f for c, f in zip(correct, formatted, strict=True)]
+    decided = [(c, r.mode) for c, r in zip(correct, rollouts, strict=True) if r.mode_by_tag]  # the evidence
     right = right_mode(
-        [c for c, r in zip(correct, rollouts, strict=True) if r.mode == "off"],
-        [c for c, r in zip(correct, rollouts, strict=True) if r.mode == "on"],
-        settings.judge_margin,
+        [c for c, mode in decided if mode == "off"], [c for c, mode in decided if mode == "on"], settings.judge_margin
     )
     judge = []
     for rollout in rollouts:
@@ -66,9 +66,16 @@ def group_rewards(
 
 
 def right_mode(off_passes: Sequence[float], on_passes: Sequence[float], margin: float) -> Mode | None:
-    """The mode the group's evidence favours; None when one of the modes was never tried."""
-    if not off_passes or not on_passes:
-        return None
-    pass_off = sum(off_passes) / len(off_passes)
-    pass_on = sum(on_passes) / len(on_passes)
-    return "off" if pass_off >= pass_on - margin else "on"
+    """The mode the group's evidence favours: think-off unless think-on passes more than `margin` more
+    often. A group that tried one mode only decides where no pass rate of the other could change the
+    verdict (off passing at least 1 - margin; on passing at most margin, so thinking did not pay
+    whatever off would do); otherwise None: no evidence."""
+    if off_passes and on_passes:
+        pass_off = sum(off_passes) / len(off_passes)
+        pass_on = sum(on_passes) / len(on_passes)
+        return "off" if pass_off >= pass_on - margin else "on"
+    if off_passes:
+        return "off" if sum(off_passes) / len(off_passes) >= 1 - margin else None
+    if on_passes:
+        return "off" if sum(on_passes) / len(on_passes) <= margin else None
+    return None

@@ -122,7 +122,7 @@ def policy_loss(
     return LossParts(
         loss=loss,
         policy=float(loss.detach()),
-        kl=float((kl * mask).sum() / count),
+        kl=float((kl.detach() * mask).sum() / count),
         clip_fraction=float((region.to(mask.dtype) * mask).sum() / count),
     )
 

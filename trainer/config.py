@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from katpilot.errors import KatpilotError
 from trainer.rl.objective import LOSS_TYPES, SCALES
@@ -68,11 +68,11 @@ class SFTConfig:
         if problems:
             raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
 
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"lora": 2e-4, "full": 5e-5}  # when learning_rate is 0
+
     @property
     def lr(self) -> float:
-        if self.learning_rate > 0:
-            return self.learning_rate
-        return 2e-4 if self.method == "lora" else 5e-5
+        return self.learning_rate if self.learning_rate > 0 else self.DEFAULT_LR[self.method]
 
 
 DIVERGENCES = ("uld", "kl", "jsd")
@@ -159,11 +159,7 @@ class RLConfig(SFTConfig):
         if problems:
             raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
 
-    @property
-    def lr(self) -> float:
-        if self.learning_rate > 0:
-            return self.learning_rate
-        return 1e-5 if self.method == "lora" else 1e-6
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"lora": 1e-5, "full": 1e-6}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ Rules, in one place:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -99,7 +100,7 @@ class ModeGate:
         self.tags = tags
         self._prefixes = {tag[:i] for tag in tags for i in range(1, len(tag))}
         self._max_tag = max((len(tag) for tag in tags), default=0)
-        self._tag_re = re.compile("|".join(re.escape(tag) for tag in sorted(tags)))
+        self._tag_re = tag_pattern(tags)
         self.segment: Segment | None = None  # None: outside any block
         self.mode: Mode | None = None
         self.decided_by: DecidedBy | None = None
@@ -305,6 +306,13 @@ def split(text: str, tags: frozenset[str] = KAT_TAGS) -> Parts:
         think="".join(texts[Segment.THINK]).strip(),
         answer="".join(texts[Segment.ANSWER]).strip(),
     )
+
+
+@functools.cache
+def tag_pattern(tags: frozenset[str] = KAT_TAGS) -> re.Pattern[str]:
+    """The pattern that finds the tags in a text, the one the parser uses (shared so that anything
+    labelling a response's characters finds the tags exactly where the gate does)."""
+    return re.compile("|".join(re.escape(tag) for tag in sorted(tags)))
 
 
 def has_tag(text: str, tags: frozenset[str] = KAT_TAGS) -> bool:

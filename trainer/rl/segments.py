@@ -15,7 +15,6 @@ anything after it, the end-of-turn token included).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +24,6 @@ from katpilot.terms import Mode
 
 Label = Literal["judge", "mode", "think", "answer"]
 
-_TAG_RE = re.compile("|".join(re.escape(tag) for tag in sorted(gate.KAT_TAGS)))
 _TAG_LABEL: dict[str, Label] = {
     gate.JUDGE_OPEN: "judge",
     gate.JUDGE_CLOSE: "judge",
@@ -63,7 +61,7 @@ def char_labels(text: str) -> tuple[list[Label], bool]:
     answer), from the gate's parse of `text`."""
     labels: list[Label | None] = [None] * len(text)
     mode_at: int | None = None
-    for found in _TAG_RE.finditer(text):
+    for found in gate.tag_pattern().finditer(text):
         tag = found.group()
         if tag in (gate.THINK_ON, gate.THINK_OFF) and mode_at is None:
             label: Label = "mode"
@@ -71,7 +69,7 @@ def char_labels(text: str) -> tuple[list[Label], bool]:
         else:
             label = _TAG_LABEL.get(tag, "answer")  # a later decision tag: the gate drops it
         labels[found.start() : found.end()] = [label] * (found.end() - found.start())
-    gaps = []
+    gaps: list[int] = []
     position = 0
     for event in gate.parse(text):  # the non-tag characters, in order, are exactly the events' texts
         if not isinstance(event, gate.Text):
@@ -86,7 +84,8 @@ def char_labels(text: str) -> tuple[list[Label], bool]:
                 labels[position] = _SEGMENT_LABEL[event.segment]
             position += 1
     filled: list[Label] = [x if x is not None else "answer" for x in labels]
-    first_past_judge = next((i for i, x in enumerate(filled) if x != "judge" and i not in set(gaps)), len(filled))
+    gap_set = set(gaps)
+    first_past_judge = next((i for i, x in enumerate(filled) if x != "judge" and i not in gap_set), len(filled))
     for i in gaps:  # whitespace between blocks: the judge side before the decision, the answer side after
         filled[i] = "judge" if i < first_past_judge else "answer"
     by_tag = mode_at is not None and first_past_judge == mode_at

@@ -34,17 +34,10 @@ def load_chats(spec: str | Path) -> list[list[dict[str, str]]]:
     chats = []
     for number, row in jsonl_objects(path, "data file"):
         where = f"{path} line {number}"
-        messages = row.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise KatpilotError(f"{where}: field 'messages' is missing or empty", "give a list of {role, content}")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES:
-                raise KatpilotError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}", "fix the record")
-            if not isinstance(message.get("content"), str):
-                raise KatpilotError(f"{where}: messages[{i}].content must be a string", "fix the record")
+        messages = checked_messages(row, where)
         if messages[-1]["role"] != "assistant":
             raise KatpilotError(f"{where}: the last message must be the assistant's", "end each record with the answer")
-        chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+        chats.append(messages)
     if not chats:
         raise KatpilotError(f"{path} holds no records", "build a dataset with `katpilot train data`")
     return chats
@@ -72,6 +65,19 @@ def tokenize_chat(
         "attention_mask": [1] * len(ids),
         "labels": [IGNORE] * len(prompt_ids) + answer_ids,
     }
+
+
+def checked_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """A record's `messages` as {role, content} dicts; a bad one is one error naming `where` and the field."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise KatpilotError(f"{where}: field 'messages' is missing or empty", "give a list of {role, content}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise KatpilotError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}", "fix the record")
+        if not isinstance(message.get("content"), str):
+            raise KatpilotError(f"{where}: messages[{i}].content must be a string", "fix the record")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def with_system_prompt(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from katpilot.eval.items import EvalItem, item_from_json
 from katpilot.eval.suites import BUNDLED, load_suite
 from katpilot.eval.suites.files import jsonl_objects
 from katpilot.terms import Mode
-from trainer.chat_data import data_file
+from trainer.chat_data import checked_messages, data_file
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,7 @@ def _from_dataset(path: Path) -> LoadedPrompts:
             item = item_from_json(row["item"])
         except ValueError as exc:
             raise KatpilotError(f"{where}: {exc}", "rebuild the dataset with `katpilot train data`") from None
-        messages = row.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise KatpilotError(f"{where}: field 'messages' is missing or empty", "give a list of {role, content}")
-        turns = [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages]
+        turns = checked_messages(row, where)
         if turns[-1]["role"] == "assistant":
             turns = turns[:-1]
         if not turns:

@@ -1,7 +1,7 @@
 """Step-SRPO step speed: ours (`katpilot train rl`) against TRL's `GRPOTrainer`, same run.
 
     pip install trl==1.16.0      # only for this comparison (the dev extra has it)
-    python bench/rl.py [--steps 5] [--prompts 2] [--generations 4] [--max-new-tokens 64] [--method full]
+    python bench/rl.py [--steps 5] [--prompts 2] [--generations 4] [--max-new-tokens 64] [--method lora]
 
 Target (issue 19): seconds per completion token of TRL's step / ours >= 1.0. Both train the embedded
 SmolLM2-135M (from its GGUF, AutoThink tags added) on the same arithmetic-ladder prompts with
@@ -12,6 +12,12 @@ step are timed by the same callback in both, the first step excluded (warm-up). 
 differ in length between the two runs, so the ratio is taken per completion token (the step's work
 grows with it), and seconds per step are printed beside it. Ours is split into rollouts (sampling
 and scoring) and optimisation (log-probabilities, loss, backward, optimizer step).
+
+With `--method lora` (the default) a third run measures ours with rollouts through llama.cpp: the
+base exported once as an f16 GGUF, the current adapter exported as a GGUF adapter every step (its
+export and the model load are inside the rollout time). All three then start from the embedded model
+with its AutoThink tags already in the checkpoint, as after cold-start SFT (llama.cpp adapters cannot
+add tokens).
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from katpilot.models import embedded_model_path
-
 ROOT = Path(__file__).resolve().parent.parent
+# `python bench/rl.py` puts bench/ first on the path, where bench/quant.py would shadow the quant
+# package that llama.cpp rollouts export with: the project root goes there instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from katpilot.models import embedded_model_path  # noqa: E402
 
 
 def step_timer() -> Any:
@@ -53,13 +62,28 @@ def step_timer() -> Any:
     return StepTimer()
 
 
+RUNS = ("ours", "ours-llama.cpp", "trl")
+
+
+def tagged_checkpoint(dest: Path) -> str:
+    """The embedded model with its AutoThink tags, saved as a checkpoint (what cold-start SFT yields)."""
+    code = (
+        "import sys; from trainer.model_io import load_student, add_autothink_tokens; "
+        f"m, t = load_student({str(embedded_model_path())!r}); add_autothink_tokens(m, t); "
+        f"m.save_pretrained({str(dest)!r}); t.save_pretrained({str(dest)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    return str(dest)
+
+
 def run_ours(out: Path, a: argparse.Namespace) -> dict[str, Any]:
     from trainer import run_dir
     from trainer.config import RLConfig, resolve
     from trainer.rl.train import run_rl
 
     timer = step_timer()
-    flags = {"model": str(embedded_model_path()), "data": "arithmetic", "method": a.method, "max_steps": a.steps}
+    rollouts = "llama.cpp" if a.child == "ours-llama.cpp" else "transformers"
+    flags = {"model": a.model, "data": "arithmetic", "method": a.method, "max_steps": a.steps, "rollouts": rollouts}
     flags |= {"batch_size": a.prompts, "generations": a.generations, "max_new_tokens": a.max_new_tokens}
     flags |= {"learning_rate": 1e-6, "save_steps": 10_000, "temperature": 1.0, "seed": 0}
     run_rl(resolve(None, "rl", flags, schema=RLConfig), out, callbacks=[timer])
@@ -80,8 +104,8 @@ def run_trl(out: Path, a: argparse.Namespace) -> dict[str, Any]:
     from trainer.model_io import add_autothink_tokens, load_student
     from trainer.rl.prompts import load_prompts
 
-    model, tokenizer = load_student(embedded_model_path())
-    added = add_autothink_tokens(model, tokenizer)
+    model, tokenizer = load_student(a.model)
+    added = add_autothink_tokens(model, tokenizer)  # none when the checkpoint has them
     prompts = load_prompts("arithmetic", 0).prompts
     items = {p.item.prompt: p.item for p in prompts}
     system = {"role": "system", "content": RLConfig().system_prompt}
@@ -112,7 +136,7 @@ def run_trl(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         logging_steps=1,
     )
     lora = LoraConfig(
-        r=16, lora_alpha=32, target_modules="all-linear", trainable_token_indices=added, task_type="CAUSAL_LM"
+        r=16, lora_alpha=32, target_modules="all-linear", trainable_token_indices=added or None, task_type="CAUSAL_LM"
     )
     timer = step_timer()
     trainer = GRPOTrainer(
@@ -135,18 +159,22 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--method", choices=("full", "lora"), default="full")
-    parser.add_argument("--child", choices=("ours", "trl"))
+    parser.add_argument("--method", choices=("full", "lora"), default="lora")
+    parser.add_argument("--child", choices=RUNS)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--model", default=str(embedded_model_path()))
     args = parser.parse_args()
     if args.child:
-        result = (run_ours if args.child == "ours" else run_trl)(args.out, args)
+        result = (run_trl if args.child == "trl" else run_ours)(args.out, args)
         print("RESULT " + json.dumps(result))
         return
     results = {}
+    runs = RUNS if args.method == "lora" else ("ours", "trl")
     with tempfile.TemporaryDirectory() as tmp:
-        for which in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--child", which, "--out", str(Path(tmp) / which)]
+        if args.method == "lora":
+            args.model = tagged_checkpoint(Path(tmp) / "student")
+        for which in runs:
+            cmd = [sys.executable, __file__, "--child", which, "--out", str(Path(tmp) / which), "--model", args.model]
             cmd += ["--steps", str(args.steps), "--prompts", str(args.prompts), "--generations", str(args.generations)]
             cmd += ["--max-new-tokens", str(args.max_new_tokens), "--method", args.method]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -156,16 +184,27 @@ def main() -> None:
             results[which] = json.loads(line[len("RESULT ") :])
     per_step = {k: statistics.mean(v["times"][1:]) for k, v in results.items()}
     per_token = {k: sum(v["times"][1:]) / sum(v["tokens"][1:]) for k, v in results.items()}
-    rollouts = statistics.mean(results["ours"]["rollouts_s"][1:])
     print(
         f"{args.prompts} prompts x {args.generations} rollouts of up to {args.max_new_tokens} tokens, "
         f"{args.steps} steps ({args.steps - 1} timed), {args.method}"
     )
-    for which in ("ours", "trl"):
+    for which in runs:
         tokens = statistics.mean(results[which]["tokens"][1:])
-        print(f"{which:<5} {per_step[which]:6.2f} s/step   {tokens:6.1f} completion tokens/step")
-    print(f"ours: rollouts {rollouts:.2f} s + optimisation {per_step['ours'] - rollouts:.2f} s per step")
+        line = f"{which:<14} {per_step[which]:6.2f} s/step   {tokens:6.1f} completion tokens/step"
+        if which != "trl":
+            rollouts = statistics.mean(results[which]["rollouts_s"][1:])
+            line += f"   rollouts {rollouts:.2f} s + optimisation {per_step[which] - rollouts:.2f} s"
+        print(line)
     print(f"seconds per completion token, TRL's / ours: {per_token['trl'] / per_token['ours']:.2f} (target >= 1.0)")
+    if "ours-llama.cpp" in results:
+        per_rollout_token = {
+            k: sum(results[k]["rollouts_s"][1:]) / sum(results[k]["tokens"][1:]) for k in ("ours", "ours-llama.cpp")
+        }
+        print(
+            "rollout seconds per completion token, transformers' / llama.cpp's: "
+            f"{per_rollout_token['ours'] / per_rollout_token['ours-llama.cpp']:.2f} (> 1: llama.cpp is faster); "
+            f"whole step, ours / ours-llama.cpp: {per_token['ours'] / per_token['ours-llama.cpp']:.2f}"
+        )
 
 
 if __name__ == "__main__":

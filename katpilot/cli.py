@@ -666,6 +666,9 @@ def train_rl(
     batch_size: Annotated[int | None, typer.Option(help="Prompts per step.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: also write the merged model.")] = None,
+    rollouts: Annotated[
+        str | None, typer.Option(help="auto, transformers or llama.cpp (LoRA on CPU: the adapter exported each step).")
+    ] = None,
 ) -> None:
     """Step-SRPO: teach the policy when to think (judge reward) and to answer right (answer reward)."""
     from trainer.config import RLConfig, resolve
@@ -675,7 +678,7 @@ def train_rl(
         "model": model, "data": data, "generations": generations, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "loss_type": loss_type, "beta": beta, "judge_reward": judge_reward,
         "method": method, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
-        "batch_size": batch_size, "seed": seed, "merge": merge,
+        "batch_size": batch_size, "seed": seed, "merge": merge, "rollouts": rollouts,
     }  # fmt: skip
     result = run_rl(resolve(recipe, "rl", flags, schema=RLConfig), out)
     state = "resumed and finished" if result.resumed else "finished"

@@ -323,10 +323,66 @@ def test_a_run_trains_and_writes_its_directory(
         assert rows[-1]["kl"] > 0  # against the base with adapters off: the policy moved after step 1
     report = (out / "report.md").read_text()
     assert "Step-SRPO run" in report and "judge reward: group evidence" in report
+    if method == "lora":  # `rollouts = auto` on CPU, a cold-started checkpoint: llama.cpp samples
+        assert "rollouts: llama.cpp" in report and not (out / "rollouts").exists()
+    else:
+        assert "rollouts: transformers (llama.cpp not used: it needs a LoRA run" in report
     assert (out / run_dir.PLOT_FILE).stat().st_size > 1000
     config = (out / run_dir.CONFIG_FILE).read_text()
     assert "[rl]" in config and 'loss_type = "dapo"  # default' in config and "generations = 4  # flag" in config
     assert (result.final / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")).is_file()
+
+
+@pytest.mark.timeout(900)
+def test_llama_cpp_rollouts_sample_the_policy_with_its_current_adapter(
+    policy: Path, arithmetic_data: Path, tmp_path: Path
+) -> None:
+    """The adapter exported this step is the one llama.cpp samples with: near-greedy rollouts follow the
+    policy's own argmax (transformers, adapters on) and not the base's (adapters off); the ids come
+    back as the tokenizer's, taken apart by the gate like any rollout."""
+    import torch
+
+    from trainer.chat_data import prompt_text
+    from trainer.rl.llama_rollouts import LlamaCppSampler, unsuitable
+    from trainer.rl.prompts import load_prompts
+    from trainer.rl.rollouts import Sampling
+    from trainer.sft import trainable_student
+
+    cfg = _rl(policy, arithmetic_data, method="lora").config
+    model, tokenizer = trainable_student(cfg)
+    model.eval()  # no LoRA dropout in the forward passes compared below
+    assert unsuitable(cfg.model, "lora", model) is None
+    assert "LoRA run" in (unsuitable(cfg.model, "full", model) or "")
+    torch.manual_seed(0)
+    with torch.no_grad():  # an adapter that moves the argmax (a fresh one is zero: B = 0)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    prompts = load_prompts(str(arithmetic_data)).prompts[:2]
+    sampler = LlamaCppSampler(policy, tmp_path, 600)
+    batch = sampler.generate(model, tokenizer, prompts, cfg.system_prompt, Sampling(2, 24, temperature=1e-3))
+    assert batch.completion_ids.shape[0] == 4 and batch.tokens > 0
+    agree = {"on": 0, "off": 0}
+    total = 0
+    for row in range(4):
+        n = int(batch.completion_mask[row].sum())
+        ids = batch.completion_ids[row, :n].tolist()
+        assert len(batch.segments[row].labels) == n
+        prompt = prompt_text(tokenizer, prompts[row // 2].messages, cfg.system_prompt)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([prompt_ids + ids])
+        for state in ("on", "off"):
+            with torch.no_grad():
+                if state == "on":
+                    logits = model(full).logits
+                else:
+                    with model.disable_adapter():
+                        logits = model(full).logits
+            predicted = logits[0, len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+            agree[state] += sum(a == b for a, b in zip(predicted, ids, strict=True))
+        total += n
+    assert agree["on"] >= 0.9 * total, (agree, total)  # f16 and llama.cpp's kernels: near ties may flip
+    assert agree["off"] < 0.6 * total, (agree, total)
 
 
 @pytest.mark.timeout(900)

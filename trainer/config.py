@@ -140,6 +140,7 @@ class RLConfig(SFTConfig):
     judge_margin: float = 0.1  # think-off is right unless think-on passes this much more often
     label_weight: float = 0.5  # judge reward for agreeing with the dataset's mode label
     mode_weight: float = 1.0  # the decoupled mode-tag loss coefficient; 0: not decoupled
+    rollouts: str = "auto"  # transformers, llama.cpp (LoRA on CPU; the adapter exported each step) or auto
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,6 +155,8 @@ class RLConfig(SFTConfig):
             problems.append("max_new_tokens >= 1, temperature > 0 and top_p within (0, 1]")
         if min(self.epsilon, self.epsilon_high, self.beta, self.format_weight, self.label_weight, self.mode_weight) < 0:
             problems.append("epsilon, epsilon_high, beta, format_weight, label_weight and mode_weight must be >= 0")
+        if self.rollouts not in ("auto", "transformers", "llama.cpp"):
+            problems.append(f"rollouts must be auto, transformers or llama.cpp, not {self.rollouts!r}")
         if not 0 <= self.judge_margin <= 1:
             problems.append("judge_margin must be within [0, 1]")
         if problems:

@@ -56,6 +56,8 @@ class StreamStats:
     generated_tokens: int = 0
     finish_reason: FinishReason | None = None
     prompt_eval_s: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # the generated ids, where the engine knows them
+    end_token: int | None = None  # the end-of-generation token that stopped it ("stop"), where known
     extra: dict[str, object] = field(default_factory=dict)
 
 

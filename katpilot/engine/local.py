@@ -39,7 +39,14 @@ def default_threads() -> int:
 class LocalEngine(Engine):
     """A GGUF model loaded by llama.cpp, validated first so bad files never reach native code."""
 
-    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        lora_path: str | Path | None = None,
+    ) -> None:
+        """`lora_path`: a GGUF LoRA adapter (`katpilot quant export ADAPTER_DIR`) applied over the model."""
         path = Path(model_path).expanduser()
         summary = read_gguf(path)
         require_chat_template(summary)
@@ -47,9 +54,12 @@ class LocalEngine(Engine):
 
         train_ctx = summary.context_length or n_ctx
         threads = n_threads or default_threads()
+        if lora_path is not None and not Path(lora_path).is_file():
+            raise ModelFileError(f"LoRA adapter {lora_path} does not exist", "give the path of a GGUF adapter file")
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
+                lora_path=None if lora_path is None else str(lora_path),
                 n_ctx=min(n_ctx, train_ctx),
                 n_threads=threads,
                 n_threads_batch=threads,
@@ -179,8 +189,10 @@ class LocalEngine(Engine):
                         break
                     if self._is_end(token):
                         stats.finish_reason = "stop"
+                        stats.end_token = token
                         break
                     generated.append(token)
+                    stats.token_ids.append(token)
                     stats.generated_tokens += 1
                     piece = self.llm.detokenize([token], special=True)
                     raw += piece

@@ -44,24 +44,19 @@ class RolloutBatch:
 def generate(
     model: Any, tokenizer: Any, prompts: Sequence[RLPrompt], system_prompt: str, sampling: Sampling
 ) -> RolloutBatch:
+    """Sample with `model.generate`, the whole batch at once."""
     import torch
 
-    rendered = [prompt_text(tokenizer, p.messages, system_prompt) for p in prompts]
-    repeated = [text for text in rendered for _ in range(sampling.group_size)]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(repeated, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, system_prompt, sampling.group_size)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     was_training = model.training
     model.eval()  # no dropout while sampling; the KV cache on
     try:
         with torch.no_grad():
             out = model.generate(
-                **batch,
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
                 do_sample=True,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
@@ -73,19 +68,52 @@ def generate(
             )
     finally:
         model.train(was_training)
-    completion = out[:, batch["input_ids"].shape[1] :]
-    is_end = completion == tokenizer.eos_token_id
-    ended = is_end.any(dim=1)
-    first_end = torch.where(
-        ended, is_end.int().argmax(dim=1), torch.full_like(ended, completion.shape[1], dtype=torch.long)
+    rows = []
+    for row in out[:, prompt_ids.shape[1] :].tolist():
+        end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+        rows.append(row[: end + 1])  # up to and including the end-of-turn token
+    return assemble(
+        tokenizer,
+        prompt_ids,
+        prompt_mask,
+        rows,
+        [len(r) > 0 and r[-1] == tokenizer.eos_token_id for r in rows],
+        sampling.group_size,
     )
-    positions = torch.arange(completion.shape[1], device=completion.device).unsqueeze(0)
-    mask = (positions <= first_end.unsqueeze(1)).to(batch["attention_mask"].dtype)
-    completion = torch.where(mask.bool(), completion, torch.full_like(completion, tokenizer.pad_token_id))
+
+
+def tokenize_prompts(
+    tokenizer: Any, prompts: Sequence[RLPrompt], system_prompt: str, group_size: int
+) -> tuple[Any, Any]:
+    """Each prompt rendered as serving renders it, repeated `group_size` times, left-padded: (ids, mask)."""
+    rendered = [prompt_text(tokenizer, p.messages, system_prompt) for p in prompts]
+    repeated = [text for text in rendered for _ in range(group_size)]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(repeated, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def assemble(
+    tokenizer: Any, prompt_ids: Any, prompt_mask: Any, rows: list[list[int]], ended: list[bool], group_size: int
+) -> RolloutBatch:
+    """A batch from sampled completions (an ended one's last id is its end token), right-padded, each
+    taken apart by the gate token by token. Shared by every sampler, so they label tokens alike."""
+    import torch
+
+    width = max(1, max(len(r) for r in rows))
+    completion = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=prompt_mask.dtype)
     segments = []
-    for row, end in zip(completion.tolist(), first_end.tolist(), strict=True):
-        texts = token_texts(tokenizer, row[:end])  # the text the gate sees: up to the end-of-turn token
-        parsed = token_segments(texts)
-        labels = parsed.labels + (["answer"] if end < len(row) else [])  # the end token closes the answer
+    for i, (row, end) in enumerate(zip(rows, ended, strict=True)):
+        completion[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+        text_ids = row[:-1] if end else row
+        parsed = token_segments(token_texts(tokenizer, text_ids))  # the text the gate sees: up to the end token
+        labels = parsed.labels + (["answer"] if end else [])  # the end token closes the answer
         segments.append(TokenSegments(labels, parsed.parts, parsed.well_formed, parsed.mode_by_tag))
-    return RolloutBatch(batch["input_ids"], batch["attention_mask"], completion, mask, segments, sampling.group_size)
+    device = prompt_ids.device
+    return RolloutBatch(prompt_ids, prompt_mask, completion.to(device), mask.to(device), segments, group_size)

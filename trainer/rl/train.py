@@ -20,6 +20,7 @@ one, so the ratio is 1 and the clip fraction 0; the gradient is the policy gradi
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from katpilot.errors import KatpilotError
 from trainer import run_dir
 from trainer.config import Resolved, RLConfig
 from trainer.progress import metrics_callback, replace_default_display
+from trainer.rl.llama_rollouts import LlamaCppSampler, unsuitable
 from trainer.rl.objective import LossSettings, completion_logps, group_advantages, policy_loss, token_advantages
 from trainer.rl.prompts import RLPrompt, load_prompts
 from trainer.rl.rewards import RewardSettings, group_rewards
@@ -84,6 +86,7 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
         cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta, cfg.mode_weight, cfg.max_new_tokens
     )
     reference = _reference(model, cfg)
+    sampler, sampler_note = _sampler(model, cfg, out)
     metrics = run_dir.MetricsLog(out)
 
     class StepSRPO(Trainer):
@@ -94,7 +97,10 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
         ) -> Any:  # inputs: the step's list of RLPrompt (the collator keeps them as they are)
             policy = self.accelerator.unwrap_model(model)
             started = time.perf_counter()
-            batch = generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
+            if sampler is not None:
+                batch = sampler.generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
+            else:
+                batch = generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
             answer, judge, values = score(inputs, batch, cfg, rewards)
             values["seconds_rollouts"] = time.perf_counter() - started  # sampling and scoring, of the step's time
             answer_adv = group_advantages(answer, cfg.generations, cfg.scale_rewards)
@@ -142,6 +148,7 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
     replace_default_display(trainer)
     result = train(trainer, resumed)
     final = save_final(trainer, model, tokenizer, cfg, out)
+    shutil.rmtree(out / "rollouts", ignore_errors=True)  # llama.cpp's copies: kept only for a resume
     steps = int(result.global_step)
     kinds = Counter(p.kind for p in prompts)
     facts = [
@@ -152,6 +159,7 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
         + f"), {skipped} skipped (no verifier, or longer than {cfg.max_length} tokens)",
         f"{steps} steps of {cfg.batch_size} prompts x {cfg.generations} rollouts of up to {cfg.max_new_tokens} "
         f"tokens (temperature {cfg.temperature:g}), learning rate {cfg.lr:g}, seed {cfg.seed}",
+        f"rollouts: {sampler_note}",
         f"loss {cfg.loss_type}, epsilon {cfg.epsilon:g}/{cfg.epsilon_high or cfg.epsilon:g}, beta {cfg.beta:g}, "
         f"rewards scaled by {cfg.scale_rewards}",
         f"answer reward: verifier + {cfg.format_weight:g} x format; judge reward: "
@@ -166,6 +174,25 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
     run_dir.write_report(out, f"Step-SRPO run {out.name}", facts, PANELS)
     finish(trainer)
     return RLResult(out, len(prompts), skipped, steps, final, resumed)
+
+
+def _sampler(model: Any, cfg: RLConfig, out: Path) -> tuple[LlamaCppSampler | None, str]:
+    """llama.cpp's sampler where asked, or under `auto` where it qualifies; (None, why) for transformers."""
+    if cfg.rollouts == "transformers":
+        return None, "transformers (as configured)"
+    reason = unsuitable(cfg.model, cfg.method, model)
+    if reason is None:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        workdir = out / "rollouts" / f"rank{rank}"
+        sampler = LlamaCppSampler(Path(cfg.model), workdir, cfg.max_length + cfg.max_new_tokens + 8)
+        return sampler, "llama.cpp (the base as f16 GGUF, the adapter exported every step)"
+    if cfg.rollouts == "llama.cpp":
+        raise KatpilotError(
+            f"rollouts = llama.cpp is not possible here: {reason}", "use rollouts = auto or transformers"
+        )
+    return None, f"transformers (llama.cpp not used: {reason})"
 
 
 def score(

@@ -551,7 +551,9 @@ def train_data(
 
 @train_app.command("run")
 def train_run(
-    recipe: Annotated[Path, typer.Argument(help="A recipe TOML with [run] and stage tables (data, distill, sft, rl).")],
+    recipe: Annotated[
+        Path, typer.Argument(help="A recipe TOML: [run], then any of [data] [distill] [sft] [rl] [quant] [eval].")
+    ],
     out: Annotated[Path | None, typer.Option(help="Where the stages' run directories go (default: [run] out).")] = None,
 ) -> None:
     """Run a whole recipe: its stages in order, chained, each resumable and skipped once done."""
@@ -563,6 +565,14 @@ def train_run(
         state = "skipped (done before)" if stage.skipped else f"{stage.seconds:.0f} s"
         typer.echo(f"{stage.name:8} {state:>22}  {stage.summary}  -> {stage.out}")
     typer.echo(f"total {sum(s.seconds for s in result.stages):.0f} s")
+    if result.evaluation is not None:
+        from trainer.recipe_report import autothink_figures, figure_lines
+
+        figures = autothink_figures(result.evaluation.results)
+        for line in figure_lines(figures) if figures else []:
+            typer.echo(line)
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
 
 
 @train_app.command("sft")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -232,3 +234,46 @@ def new_session(
         sampling if sampling is not None else sampling_params(settings),
         history,
     )
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def register_model(path: Path, name: str) -> Path:
+    """Put the GGUF at `path` (and its MTP companion) into katpilot's own store as `name`, so
+    `katpilot models` lists it and `--model NAME` loads it; returns the registered file.
+
+    Hard-linked where the store shares the file system (no second copy of the weights), copied
+    otherwise; each file appears whole or not at all, replacing an earlier registration of the name.
+    """
+    from katpilot.gguf_file import read_gguf
+    from katpilot.paths import models_dir
+
+    if not _MODEL_NAME.fullmatch(name):
+        raise ModelFileError(
+            f"{name!r} cannot name a model", "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    summary = read_gguf(path)  # a broken file is refused before it is listed
+    store = models_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    files = [(path, store / f"{name}.gguf")]
+    if summary.mtp_companion:
+        companion = path.parent / summary.mtp_companion
+        if not companion.is_file():
+            raise ModelFileError(f"{path} names its MTP heads {companion}, which is missing", "export it again")
+        files.append((companion, store / summary.mtp_companion))  # the main file finds it by this name
+    for source, target in files:
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            try:
+                os.link(source, partial)
+            except OSError:  # another file system, or no hard links there
+                shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise ModelFileError(
+                f"cannot register {source} in {store} ({exc.strerror or exc})", "free disk space or check permissions"
+            ) from None
+    return files[0][1]

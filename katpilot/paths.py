@@ -28,6 +28,11 @@ def data_dir() -> Path:
     return home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def models_dir() -> Path:
+    """katpilot's own model store: the GGUFs `katpilot train run` registers by name."""
+    return data_dir() / "models"
+
+
 def cache_dir() -> Path:
     """Directory of rebuildable caches (repository index, downloads never)."""
     home = _home()

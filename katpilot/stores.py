@@ -1,5 +1,5 @@
-"""GGUF models people already have: Ollama, LM Studio, llama.cpp's cache, the Hugging Face cache, and
-configured directories.
+"""GGUF models people already have: Ollama, LM Studio, llama.cpp's cache, the Hugging Face cache,
+configured directories, and katpilot's own store (models a recipe trained and registered by name).
 
 katpilot downloads nothing, so it finds what the user's other tools have pulled. Each store has its
 own layout and naming; this module turns each into `StoredModel(name, path, source)`, then
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from katpilot.errors import KatpilotError
-from katpilot.paths import cache_dir
+from katpilot.paths import cache_dir, models_dir
 
 SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
@@ -36,7 +36,7 @@ class StoredModel:
 
     name: str
     path: Path
-    source: str  # ollama, lmstudio, llama.cpp, huggingface, dir
+    source: str  # ollama, lmstudio, llama.cpp, huggingface, dir, katpilot
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ def store_roots(environ: Mapping[str, str]) -> dict[str, list[Path]]:
         "lmstudio": [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"],
         "llama.cpp": [Path(environ.get("LLAMA_CACHE") or xdg_cache / "llama.cpp")],
         "huggingface": [Path(hf) if hf else xdg_cache / "huggingface" / "hub"],
+        "katpilot": [models_dir()],
     }
 
 
@@ -91,7 +92,13 @@ def stored_models(environ: Mapping[str, str], model_dirs: list[Path]) -> tuple[l
     roots = store_roots(environ)
     notes: list[str] = []
     found: list[StoredModel] = []
-    scanners = {"ollama": _ollama, "lmstudio": _lmstudio, "llama.cpp": _llama_cpp, "huggingface": _huggingface}
+    scanners = {
+        "ollama": _ollama,
+        "lmstudio": _lmstudio,
+        "llama.cpp": _llama_cpp,
+        "huggingface": _huggingface,
+        "katpilot": _katpilot,
+    }
     for source, paths in roots.items():
         for root in paths:
             if root.is_dir():
@@ -199,6 +206,13 @@ def _lmstudio(root: Path, notes: list[str]) -> Iterator[StoredModel]:
 
 def _llama_cpp(root: Path, notes: list[str]) -> Iterator[StoredModel]:
     return _flat(root, notes, "llama.cpp")
+
+
+def _katpilot(root: Path, notes: list[str]) -> Iterator[StoredModel]:
+    """`register_model`'s files: NAME.gguf, beside it NAME.mtp.gguf (MTP heads, not a model to list)."""
+    for model in _flat(root, notes, "katpilot"):
+        if not model.path.name.endswith(".mtp.gguf"):
+            yield model
 
 
 def _flat(root: Path, notes: list[str], source: str) -> Iterator[StoredModel]:

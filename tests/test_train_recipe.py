@@ -67,7 +67,8 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
     assert (runs / "distill" / "final" / "mtp.safetensors").is_file() and (runs / "sft" / "final").is_dir()
     rl_config = (runs / "rl" / "config.toml").read_text()
     assert f'model = "{runs / "sft" / "final"}"  # the stage before' in rl_config and "generations = 2" in rl_config
-    assert (runs / "rl" / "final" / "model.safetensors").is_file() and result.stages[-1].summary.startswith("1 steps")
+    assert (runs / "rl" / "final" / "config.json").is_file() and result.stages[-1].summary.startswith("1 steps")
+    assert (runs / "rl" / "final" / "mtp.safetensors").is_file()  # distillation's heads, carried through SFT and RL
     again = run_recipe(recipe, settings, echo=lambda line: None)
     assert all(s.skipped for s in again.stages)
     changed = recipe.read_text().replace(

@@ -50,6 +50,7 @@ import copy
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,32 @@ def save_mtp_heads(heads: MTPHeads, checkpoint_dir: Path) -> Path:
     os.replace(partial, path)
     _index_heads(checkpoint_dir, sorted(tensors), heads.first_layer)
     config["num_nextn_predict_layers"] = heads.depth
+    write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def carry_mtp_heads(source: Path, checkpoint_dir: Path) -> Path | None:
+    """Copy the heads saved beside `source` (if any) unchanged beside `checkpoint_dir`, a later stage's
+    save of the same model. SFT and RL do not train the heads, but must not drop them: the exported
+    GGUF's MTP companion comes from the last stage's checkpoint. Returns the copied file, or None."""
+    heads = source / HEADS_FILE
+    if not heads.is_file():
+        return None
+    source_config = load_json(source / "config.json")
+    config_path = checkpoint_dir / "config.json"
+    config = load_json(config_path)
+    if config.get("num_hidden_layers") != source_config.get("num_hidden_layers"):
+        raise KatpilotError(
+            f"{checkpoint_dir} and {source} have different numbers of layers", "carry heads between saves of one model"
+        )
+    with safe_open(str(heads), framework="pt") as handle:
+        names = sorted(handle.keys())
+    path = checkpoint_dir / HEADS_FILE
+    partial = path.with_name(path.name + ".partial")
+    shutil.copyfile(heads, partial)
+    os.replace(partial, path)
+    _index_heads(checkpoint_dir, names, int(config["num_hidden_layers"]))
+    config["num_nextn_predict_layers"] = source_config.get("num_nextn_predict_layers", 1)
     write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -6,12 +6,19 @@
     [distill]                 `katpilot train distill`'s knobs       -> OUT/distill
     [sft]                     `katpilot train sft`'s knobs           -> OUT/sft
     [rl]                      `katpilot train rl`'s knobs            -> OUT/rl
+    [quant]                   type, imatrix, calibration             -> OUT/quant/NAME.gguf
+    [eval]                    suite, limit, modes, max_tokens, seed, -> OUT/eval/NAME
+                              baseline                               -> OUT/eval/baseline
+    [run] name = "..."        register the GGUF as a named model (`katpilot models`, `--model NAME`)
 
 Only the tables present run, always in that order. Chaining: the data stage's directory is the
 default `data` of every later stage; each training stage's final model is the default `model` of the
-next (distill -> SFT -> RL). A stage whose
-final model is already there (and whose settings are unchanged: the run directory refuses a change)
-is skipped; a stage cut short resumes from its last checkpoint; the data stage resumes by itself.
+next (distill -> SFT -> RL), the last one is what [quant] exports, and the export is what [eval]
+measures, against the model the recipe started from (`baseline`, when that is a GGUF or a model name).
+A stage whose final model is already there (and whose settings are unchanged: the run directory
+refuses a change) is skipped; a stage cut short resumes from its last checkpoint; the data stage and
+the evaluation resume by themselves; an export is redone only when its model changed
+(`recipe_stages`). OUT/report.md gathers every stage's figures and the evaluation's plot.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 
-STAGES = ("data", "distill", "sft", "rl")
+STAGES = ("data", "distill", "sft", "rl", "quant", "eval")
+TRAINING = ("distill", "sft", "rl")
+RUN_KEYS = {"out", "model", "name"}
+REPORT_FILE = "report.md"
 DATA_KEYS = {
     "repo", "tasks", "teacher", "critic", "prompts", "limit", "jobs", "span",
     "votes", "margin", "random_share", "intent_share", "retries", "seed",
@@ -45,6 +55,8 @@ class StageResult:
 class RecipeResult:
     out: Path
     stages: list[StageResult] = field(default_factory=list)
+    evaluation: Any = None  # recipe_stages.EvalOutcome, when the recipe has [eval]
+    report: Path | None = None
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -64,16 +76,26 @@ def read_recipe(path: Path) -> dict[str, Any]:
 def _check_tables(recipe: dict[str, Any]) -> None:
     """Every stage's settings checked before the first stage runs: a typo in [sft] must not wait hours."""
     from trainer.config import resolve
+    from trainer.recipe_stages import check_table
 
     if not isinstance(recipe.get("run", {}), dict):
         raise KatpilotError("[run] must be a table", "write it as [run] with out = ... and model = ...")
+    unknown_run = sorted(set(recipe.get("run", {})) - RUN_KEYS)
+    if unknown_run:
+        raise KatpilotError(f"[run] has an unknown key {unknown_run[0]!r}", f"known: {', '.join(sorted(RUN_KEYS))}")
+    if "eval" in recipe and "quant" not in recipe:
+        raise KatpilotError("[eval] measures the [quant] stage's GGUF, and the recipe has no [quant]", "add [quant]")
+    if "quant" in recipe and not any(stage in recipe for stage in TRAINING) and not recipe.get("run", {}).get("model"):
+        raise KatpilotError("[quant] has no model to export", "add a training stage, or model = ... in [run]")
     for stage in STAGES:
         table = recipe.get(stage)
         if table is None:
             continue
         if not isinstance(table, dict):
             raise KatpilotError(f"[{stage}] must be a table", f"write it as [{stage}] with key = value lines")
-        if stage == "data":
+        if stage in ("quant", "eval"):
+            check_table(stage, table)
+        elif stage == "data":
             unknown = sorted(set(table) - DATA_KEYS)
             if unknown:
                 raise KatpilotError(
@@ -104,16 +126,39 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             )
     data_dir: Path | None = None
     model = str(run.get("model", ""))
-    for stage in STAGES:
-        if stage not in recipe:
-            continue
+    name = str(run.get("name") or path.stem)
+    gguf: Path | None = None
+    exported_now = False
+    stages = [stage for stage in STAGES if stage in recipe]
+    for number, stage in enumerate(stages, start=1):
         table = dict(recipe[stage])
         started = time.perf_counter()
         stage_out = root / stage
-        echo(f"katpilot: stage {stage} -> {stage_out}")
+        echo(f"katpilot: stage {number}/{len(stages)} {stage} -> {stage_out}")
         if stage == "data":
             summary, skipped = _data_stage(table, stage_out, settings)
             data_dir = stage_out
+        elif stage == "quant":
+            from trainer.recipe_stages import quant_stage, register
+
+            repo = recipe.get("data", {}).get("repo")
+            exported = quant_stage(table, Path(model), stage_out, name, Path(repo).expanduser() if repo else None)
+            gguf, summary, skipped, exported_now = (
+                exported.gguf,
+                exported.summary,
+                exported.skipped,
+                not exported.skipped,
+            )
+            if run.get("name"):
+                registered = register(gguf, name)
+                summary += f"; registered as {name} ({registered})"
+        elif stage == "eval":
+            from trainer.recipe_stages import eval_stage
+
+            assert gguf is not None  # read_recipe: [eval] needs [quant]
+            measured = eval_stage(table, gguf, stage_out, name, _baseline(run), settings, fresh=exported_now)
+            result.evaluation = measured
+            summary, skipped = measured.summary, False
         else:
             chained = {}
             if model and "model" not in table:
@@ -124,7 +169,19 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             model = str(final)
         result.stages.append(StageResult(stage, stage_out, time.perf_counter() - started, skipped, summary))
         echo(f"katpilot: stage {stage} {'already done' if skipped else 'done'} in {result.stages[-1].seconds:.0f} s")
+    from trainer.recipe_report import write_recipe_report
+
+    result.report = write_recipe_report(root / REPORT_FILE, path, result)
     return result
+
+
+def _baseline(run: dict[str, Any]) -> str | None:
+    """What [eval] compares against by default: the starting model, when serving can load it (a GGUF or
+    a name `katpilot models` lists; a Hugging Face directory it cannot)."""
+    start = str(run.get("model", ""))
+    if not start or Path(start).expanduser().is_dir():
+        return None
+    return start
 
 
 def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, bool]:

@@ -186,16 +186,23 @@ def with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
 
 def save_final(trainer: Any, model: Any, tokenizer: Any, cfg: SFTConfig, out: Path) -> Path:
     """final/ (the adapter alone for LoRA; final/merged/ on request), written by the main process."""
+    from trainer.mtp import carry_mtp_heads
+
     final = out / run_dir.FINAL
     trainer.save_model(str(final))  # transformers saves on the main process only
     main = run_dir.is_main_process()
+    source = Path(cfg.model)  # MTP heads from distillation ride along, untrained here (a LoRA's stay in its base)
     if main:
         tokenizer.save_pretrained(final)
+        if cfg.method == "full" and source.is_dir():
+            carry_mtp_heads(source, final)
     if cfg.method == "lora" and cfg.merge:
         merged = final / "merged"
         if main:
             model.merge_and_unload().save_pretrained(merged)
             tokenizer.save_pretrained(merged)
+            if source.is_dir():
+                carry_mtp_heads(source, merged)
         return merged
     return final
 

@@ -1,0 +1,137 @@
+"""The recipe's serving stages: `[quant]` exports the last training stage's model to a GGUF, `[eval]`
+measures it (and the model the recipe started from) with `katpilot eval`, and `[run] name` registers
+the GGUF in katpilot's model store.
+
+Each is skipped when its output is there and up to date: the export keeps a stamp of what it was
+made from (the model's files and their modification times, the type, the importance matrix), and an
+evaluation resumes by itself from its journal, so only a new export starts it afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from katpilot.errors import KatpilotError
+
+QUANT_KEYS = {"type", "imatrix", "calibration"}
+EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens"}
+STAMP_FILE = "stamp.json"
+
+
+@dataclass(frozen=True)
+class QuantOutcome:
+    gguf: Path
+    skipped: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    out: Path
+    results: Any  # katpilot.eval.results.EvalResults
+    baseline_out: Path | None
+    baseline: Any | None
+    summary: str
+
+
+def check_table(stage: str, table: dict[str, Any]) -> None:
+    known = QUANT_KEYS if stage == "quant" else EVAL_KEYS
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise KatpilotError(f"[{stage}] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(known))}")
+
+
+def quant_stage(table: dict[str, Any], model: Path, out: Path, name: str, calibration: Path | None) -> QuantOutcome:
+    """`model` (a checkpoint directory, or a LoRA run's adapter: merged into its base) as OUT/NAME.gguf."""
+    from quant.export import export_checkpoint
+    from quant.imatrix import imatrix_for_export
+    from quant.lora import adapter_base
+
+    type_name = str(table.get("type", "q8_0"))
+    imatrix = str(table.get("imatrix", "none"))
+    lora = None
+    checkpoint = model
+    if (model / "adapter_config.json").is_file():
+        checkpoint, lora = adapter_base(model), model
+    target = out / f"{name}.gguf"
+    stamp = {"model": _fingerprint(model), "base": _fingerprint(checkpoint), "type": type_name, "imatrix": imatrix}
+    stamp_path = out / STAMP_FILE
+    if target.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return QuantOutcome(target, True, f"{target.name} already exported")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp_path.unlink(missing_ok=True)
+    calibration_dir = Path(str(table.get("calibration") or calibration or ".")).expanduser()
+    notices: list[str] = []
+
+    def matrix() -> Any:  # computed only once the checkpoint has passed the export's checks
+        found, notice = imatrix_for_export(imatrix, checkpoint, type_name.lower(), calibration_dir)
+        notices.extend([notice] if notice else [])
+        return found
+
+    report = export_checkpoint(checkpoint, target, type_name, lora=lora, imatrix=matrix)
+    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+    size = target.stat().st_size / 2**20
+    heads = f", MTP heads in {report.companion.name}" if report.companion else ", no MTP heads"
+    notes = "".join(f"; {n}" for n in [*notices, *report.notices])
+    return QuantOutcome(target, False, f"{target.name}: {type_name}, {size:.0f} MiB{heads}{notes}")
+
+
+def _fingerprint(directory: Path) -> dict[str, float]:
+    """Every file of a checkpoint with its modification time: a retrained model no longer matches."""
+    return {
+        str(path.relative_to(directory)): path.stat().st_mtime
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def eval_stage(
+    table: dict[str, Any], gguf: Path, out: Path, name: str, baseline_spec: str | None, settings: Any, fresh: bool
+) -> EvalOutcome:
+    """`katpilot eval` of the exported model (OUT/NAME) and of the baseline (OUT/baseline), same items."""
+    from katpilot.eval.command import EvalOptions, parse_modes, run_eval
+
+    spec = str(table.get("baseline", baseline_spec or "")) or None
+    suite = str(table.get("suite", "arithmetic"))
+    modes = parse_modes(str(table.get("modes", "auto,on,off")))
+    limit = int(table["limit"]) if table.get("limit") is not None else None
+    seed = int(table.get("seed", 0))
+    if table.get("max_tokens") is not None:  # the longest response; a thinking 135M model can ramble
+        settings = dataclasses.replace(settings, max_tokens=int(table["max_tokens"]))
+    mine = out / name
+    if fresh:  # a new export: the journal's records are of the old file
+        shutil.rmtree(mine, ignore_errors=True)
+    results, _ = run_eval(
+        dataclasses.replace(settings, model=str(gguf)), EvalOptions(suite, modes, limit=limit, out=mine, seed=seed)
+    )
+    baseline = baseline_out = None
+    if spec:
+        baseline_out = out / "baseline"
+        baseline, _ = run_eval(
+            dataclasses.replace(settings, model=spec),
+            EvalOptions(suite, modes, limit=limit, out=baseline_out, seed=seed),
+        )
+    return EvalOutcome(mine, results, baseline_out, baseline, _eval_summary(results, baseline))
+
+
+def _eval_summary(results: Any, baseline: Any | None) -> str:
+    parts = []
+    for label, which in (("model", results), ("baseline", baseline)):
+        if which is None:
+            continue
+        rows = ", ".join(
+            f"{s.condition} {s.accuracy:.0%} ({s.mean_tokens:.0f} tokens)" for s in which.shown_summaries()
+        )
+        parts.append(f"{label}: {rows}")
+    return "; ".join(parts)
+
+
+def register(gguf: Path, name: str) -> Path:
+    from katpilot.models import register_model
+
+    return register_model(gguf, name)

@@ -263,6 +263,8 @@ def register_model(path: Path, name: str) -> Path:
             raise ModelFileError(f"{path} names its MTP heads {companion}, which is missing", "export it again")
         files.append((companion, store / summary.mtp_companion))  # the main file finds it by this name
     for source, target in files:
+        if target.exists() and os.path.samefile(source, target):
+            continue  # registered before, hard-linked: rename() onto the same file would do nothing
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)
         try:

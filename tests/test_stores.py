@@ -210,3 +210,26 @@ def test_an_unreadable_directory_is_skipped_with_a_note(katpilot_home: Path, mod
     assert done.returncode == 0, done.stderr
     assert "pub/Readable-GGUF:r" in done.stdout and "Locked" not in done.stdout
     assert f"lmstudio: cannot read {locked} (Permission denied): skipped" in done.stderr
+
+
+def test_a_registered_model_is_listed_by_name_from_katpilots_own_store(katpilot_home: Path, model_path: Path) -> None:
+    from katpilot.models import register_model
+    from katpilot.paths import models_dir
+
+    exported = katpilot_home / "runs" / "mine.gguf"
+    exported.parent.mkdir()
+    shutil.copyfile(model_path, exported)
+    registered = register_model(exported, "tiny-autothink")
+    assert registered == models_dir() / "tiny-autothink.gguf" and registered.read_bytes() == exported.read_bytes()
+    assert register_model(exported, "tiny-autothink") == registered  # registering again replaces it
+    rows = {m.name: m for m in discover().models}
+    assert rows["tiny-autothink"].source == "katpilot" and rows["tiny-autothink"].path == registered
+    assert resolve_model("tiny-autothink", load_settings().settings) == registered
+
+    with pytest.raises(ModelFileError, match="cannot name a model"):
+        register_model(exported, "../escape")
+    broken = katpilot_home / "broken.gguf"
+    broken.write_text("not a model")
+    with pytest.raises(ModelFileError):
+        register_model(broken, "broken")
+    assert sorted(p.name for p in models_dir().iterdir()) == ["tiny-autothink.gguf"]  # nothing half-written

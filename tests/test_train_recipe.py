@@ -99,3 +99,30 @@ def test_bad_recipes_are_one_line(tmp_path: Path, text: str, message: str) -> No
         [sys.executable, "-m", "katpilot", "train", "run", str(recipe)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_the_quant_stage_exports_once_and_again_only_when_its_model_changed(
+    smol_checkpoint: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from trainer.recipe_stages import quant_stage
+
+    tiny = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "tiny")
+    out = tmp_path / "quant"
+    first = quant_stage({"type": "f16"}, tiny, out, "mine", None)
+    assert not first.skipped and first.gguf == out / "mine.gguf" and first.gguf.is_file()
+    assert "mine.gguf: f16" in first.summary and "no MTP heads" in first.summary
+    assert quant_stage({"type": "f16"}, tiny, out, "mine", None).skipped
+    assert not quant_stage({"type": "q8_0"}, tiny, out, "mine", None).skipped  # another type
+    weights = next(tiny.glob("*.safetensors"))
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 10))  # a retrained model
+    assert not quant_stage({"type": "q8_0"}, tiny, out, "mine", None).skipped
+    with pytest.raises(KatpilotError, match="unknown key 'typ'"):
+        run_recipe(_bad_recipe(tmp_path, '[quant]\ntyp = "q8_0"\n'), config_mod.load_settings().settings)
+
+
+def _bad_recipe(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[run]\nmodel = "x"\n\n{text}', encoding="utf-8")
+    return path

@@ -8,7 +8,7 @@
     [rl]                      `katpilot train rl`'s knobs            -> OUT/rl
     [quant]                   type, imatrix, calibration             -> OUT/quant/NAME.gguf
     [eval]                    suite, limit, modes, max_tokens, seed, -> OUT/eval/NAME
-                              baseline                               -> OUT/eval/baseline
+                              temperature (0: greedy), baseline      -> OUT/eval/baseline
     [run] name = "..."        register the GGUF as a named model (`katpilot models`, `--model NAME`)
 
 Only the tables present run, always in that order. Chaining: the data stage's directory is the
@@ -17,8 +17,8 @@ next (distill -> SFT -> RL), the last one is what [quant] exports, and the expor
 measures, against the model the recipe started from (`baseline`, when that is a GGUF or a model name).
 A stage whose final model is already there (and whose settings are unchanged: the run directory
 refuses a change) is skipped; a stage cut short resumes from its last checkpoint; the data stage and
-the evaluation resume by themselves; an export is redone only when its model changed
-(`recipe_stages`). OUT/report.md gathers every stage's figures and the evaluation's plot.
+the evaluation resume by themselves; an export is redone only when its model changed, an evaluation
+only when its GGUF or its settings did (`recipe_stages`). OUT/report.md gathers every stage's figures and the evaluation's plot.
 """
 
 from __future__ import annotations
@@ -128,7 +128,6 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
     model = str(run.get("model", ""))
     name = str(run.get("name") or path.stem)
     gguf: Path | None = None
-    exported_now = False
     stages = [stage for stage in STAGES if stage in recipe]
     for number, stage in enumerate(stages, start=1):
         table = dict(recipe[stage])
@@ -143,12 +142,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
 
             repo = recipe.get("data", {}).get("repo")
             exported = quant_stage(table, Path(model), stage_out, name, Path(repo).expanduser() if repo else None)
-            gguf, summary, skipped, exported_now = (
-                exported.gguf,
-                exported.summary,
-                exported.skipped,
-                not exported.skipped,
-            )
+            gguf, summary, skipped = exported.gguf, exported.summary, exported.skipped
             if run.get("name"):
                 registered = register(gguf, name)
                 summary += f"; registered as {name} ({registered})"
@@ -156,7 +150,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             from trainer.recipe_stages import eval_stage
 
             assert gguf is not None  # read_recipe: [eval] needs [quant]
-            measured = eval_stage(table, gguf, stage_out, name, _baseline(run), settings, fresh=exported_now)
+            measured = eval_stage(table, gguf, stage_out, name, _baseline(run), settings)
             result.evaluation = measured
             summary, skipped = measured.summary, False
         else:

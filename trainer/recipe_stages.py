@@ -3,8 +3,8 @@ measures it (and the model the recipe started from) with `katpilot eval`, and `[
 the GGUF in katpilot's model store.
 
 Each is skipped when its output is there and up to date: the export keeps a stamp of what it was
-made from (the model's files and their modification times, the type, the importance matrix), and an
-evaluation resumes by itself from its journal, so only a new export starts it afresh.
+made from (the model's files and their modification times, the type, the importance matrix); the
+evaluation keeps one of its settings and of the GGUF, and resumes from its journal while both hold.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from katpilot.errors import KatpilotError
 
 QUANT_KEYS = {"type", "imatrix", "calibration"}
-EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens"}
+EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens", "temperature"}
 STAMP_FILE = "stamp.json"
 
 
@@ -91,9 +92,13 @@ def _fingerprint(directory: Path) -> dict[str, float]:
 
 
 def eval_stage(
-    table: dict[str, Any], gguf: Path, out: Path, name: str, baseline_spec: str | None, settings: Any, fresh: bool
+    table: dict[str, Any], gguf: Path, out: Path, name: str, baseline_spec: str | None, settings: Any
 ) -> EvalOutcome:
-    """`katpilot eval` of the exported model (OUT/NAME) and of the baseline (OUT/baseline), same items."""
+    """`katpilot eval` of the exported model (OUT/NAME) and of the baseline (OUT/baseline), same items.
+
+    Greedy unless the table says otherwise, as `katpilot eval` is. A stamp of the table, the GGUF
+    (size and modification time) and the baseline decides between resuming and starting afresh: a
+    new export or a changed setting makes the old records stale, and OUT is the recipe's own."""
     from katpilot.eval.command import EvalOptions, parse_modes, run_eval
 
     spec = str(table.get("baseline", baseline_spec or "")) or None
@@ -101,13 +106,23 @@ def eval_stage(
     modes = parse_modes(str(table.get("modes", "auto,on,off")))
     limit = int(table["limit"]) if table.get("limit") is not None else None
     seed = int(table.get("seed", 0))
+    changes: dict[str, Any] = {"temperature": float(table.get("temperature", 0.0))}
     if table.get("max_tokens") is not None:  # the longest response; a thinking 135M model can ramble
-        settings = dataclasses.replace(settings, max_tokens=int(table["max_tokens"]))
+        changes["max_tokens"] = int(table["max_tokens"])
+    settings = dataclasses.replace(settings, **changes)
+    stat = gguf.stat()
+    stamp = {"table": table, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
+    stamp_path = out / STAMP_FILE
+    if not stamp_path.is_file() or json.loads(stamp_path.read_text()) != stamp:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
     mine = out / name
-    if fresh:  # a new export: the journal's records are of the old file
-        shutil.rmtree(mine, ignore_errors=True)
+    shown = sys.stderr.isatty()  # the progress bar `katpilot eval` shows
     results, _ = run_eval(
-        dataclasses.replace(settings, model=str(gguf)), EvalOptions(suite, modes, limit=limit, out=mine, seed=seed)
+        dataclasses.replace(settings, model=str(gguf)),
+        EvalOptions(suite, modes, limit=limit, out=mine, seed=seed),
+        show_progress=shown,
     )
     baseline = baseline_out = None
     if spec:
@@ -115,6 +130,7 @@ def eval_stage(
         baseline, _ = run_eval(
             dataclasses.replace(settings, model=spec),
             EvalOptions(suite, modes, limit=limit, out=baseline_out, seed=seed),
+            show_progress=shown,
         )
     return EvalOutcome(mine, results, baseline_out, baseline, _eval_summary(results, baseline))
 

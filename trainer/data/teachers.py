@@ -139,7 +139,7 @@ class ProgrammaticTeacher:
     def attempt(self, task: Task, mode: Mode, vote: int) -> Attempt:
         start, steps = _work(task)
         if mode == "on":
-            think = "\n".join([f"Start with {start}.", *(f"{step}." for step in steps)])
+            think = "\n".join(_worked_lines(task))
             answer = task.item.expected
         else:
             think = ""
@@ -150,11 +150,9 @@ class ProgrammaticTeacher:
     def judge_sentence(self, task: Task, mode: Mode) -> str:
         _, steps = _work(task)
         n = len(steps)
-        if mode == "on":
-            return f"This takes {n} operation{'s' if n > 1 else ''} in a row, so I should work it out step by step."
-        if n == 1:
-            return "This is a single operation on small numbers, so I can answer directly."
-        return f"Only {n} simple operations: I can keep them in my head and answer directly."
+        steps = f"{n} step{'s' if n > 1 else ''}"
+        # Short on purpose: auto mode pays for the judge on every request, a forced mode never does.
+        return f"{steps}: work it out." if mode == "on" else f"{steps}: direct."
 
 
 def template_judge(task: Task, mode: Mode) -> str:
@@ -189,6 +187,18 @@ def _work(task: Task) -> tuple[str, list[str]]:
     """The ladder's computation: its start and its steps ("12 + 5 = 17", ...)."""
     parts = [p.strip() for p in task.item.meta["work"].split(";")]
     return parts[0].removeprefix("start ").strip(), parts[1:]
+
+
+def _worked_lines(task: Task) -> list[str]:
+    """The think-on working: the problem's own sentences, each event with its arithmetic
+    ("A friend gives them 4 shells: 31 + 4 = 35."), as a careful person writes it out; bare
+    arithmetic where the prompt's sentences do not line up with the steps."""
+    start, steps = _work(task)
+    sentences = re.split(r"(?<=\.) ", task.item.prompt.split("\n", 1)[0])
+    if len(sentences) != len(steps) + 2:  # the opening count, one sentence per step, the question
+        return [f"Start with {start}.", *(f"{step}." for step in steps)]
+    events = sentences[1:-1]
+    return [sentences[0], *(f"{event.removesuffix('.')}: {step}." for event, step in zip(events, steps, strict=True))]
 
 
 def _estimate_tokens(text: str) -> int:

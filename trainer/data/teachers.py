@@ -150,9 +150,9 @@ class ProgrammaticTeacher:
     def judge_sentence(self, task: Task, mode: Mode) -> str:
         _, steps = _work(task)
         n = len(steps)
-        steps = f"{n} step{'s' if n > 1 else ''}"
+        count = f"{n} step{'s' if n > 1 else ''}"
         # Short on purpose: auto mode pays for the judge on every request, a forced mode never does.
-        return f"{steps}: work it out." if mode == "on" else f"{steps}: direct."
+        return f"{count}: work it out." if mode == "on" else f"{count}: direct."
 
 
 def template_judge(task: Task, mode: Mode) -> str:

@@ -271,3 +271,20 @@ def test_answers_and_files_that_once_crashed_a_run_are_clear(tmp_path: Path) -> 
     (occupied / RECORDS_FILE).mkdir(parents=True)
     with pytest.raises(KatpilotError, match=r"cannot write .*records.jsonl \(Is a directory\)"):
         RunJournal(occupied, {"suite": "s"})
+
+
+def test_the_recipes_autothink_figures_find_each_items_level(tmp_path: Path) -> None:
+    """The suite's seed is kept apart from the sampling's: the figures rebuild the items with it."""
+    import math
+
+    from eval_helpers import BranchingKat
+
+    from trainer.recipe_report import autothink_figures
+
+    options = EvalOptions(suite="arithmetic", modes=("auto", "on"), limit=12, seed=3, out=tmp_path / "out")
+    results, _ = run_eval(settings(profile="kat"), options, engines=[BranchingKat()])
+    assert results.run["suite_seed"] == 3
+    figures = autothink_figures(results)
+    assert figures is not None and figures.items == 12
+    assert not math.isnan(figures.think_on_easy) and not math.isnan(figures.think_on_hard)
+    assert figures.decided_by_model == 1.0 and figures.token_share == figures.tokens_auto / figures.tokens_on

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from katpilot.errors import KatpilotError
 from katpilot.eval.records import write_atomic
 
 
@@ -42,8 +43,8 @@ def autothink_figures(results: Any) -> AutoThinkFigures | None:
     if auto is None or on is None:
         return None
     try:
-        suite = load_suite(results.suite, seed=int(results.run.get("seed", 0)))
-    except Exception:  # a file suite that moved: no levels, figures without them
+        suite = load_suite(results.suite, seed=int(results.run.get("suite_seed") or 0))
+    except (KatpilotError, OSError):  # a file suite that moved: no levels, figures without them
         suite = None
     levels = {item.id: item.level for item in suite.items if item.level is not None} if suite else {}
     records = [r for r in results.records if r.condition == auto.condition]

@@ -152,6 +152,7 @@ def run_eval(
         finally:
             journal.close()
     run = fingerprint | {
+        "suite_seed": options.seed,  # the fingerprint's "seed" is the sampling's (it comes after)
         "threshold": controls.threshold,
         "modes": list(options.modes),
         "description": suite.description,

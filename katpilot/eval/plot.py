@@ -47,8 +47,9 @@ def build_figure(results: EvalResults) -> Figure:
         points = series[label]
         xs = [s.mean_tokens for s in points]
         ys = [100 * s.accuracy for s in points]
-        low = [100 * (s.accuracy - s.accuracy_ci.low) if s.accuracy_ci else 0.0 for s in points]
-        high = [100 * (s.accuracy_ci.high - s.accuracy) if s.accuracy_ci else 0.0 for s in points]
+        # max(0, ...): at 0% or 100% the interval's end can land a rounding error past the point
+        low = [max(0.0, 100 * (s.accuracy - s.accuracy_ci.low)) if s.accuracy_ci else 0.0 for s in points]
+        high = [max(0.0, 100 * (s.accuracy_ci.high - s.accuracy)) if s.accuracy_ci else 0.0 for s in points]
         style = styles[label]
         colour: str = style["color"]
         axes.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=colour, alpha=0.35, capsize=3)

@@ -39,7 +39,9 @@ def wilson(successes: int, n: int, z: float = Z95) -> Interval | None:
     denominator = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return Interval(max(0.0, center - half), min(1.0, center + half))
+    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the ends: no rounding error past p
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return Interval(low, high)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> tuple[float, Interval | None]:

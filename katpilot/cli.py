@@ -592,6 +592,9 @@ def train_sft(
     seed: Annotated[int | None, typer.Option()] = None,
     save_steps: Annotated[int | None, typer.Option()] = None,
     merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: also write the merged model.")] = None,
+    forced_share: Annotated[
+        float | None, typer.Option(help="Share of records also trained from the mode tag on, as --think forces.")
+    ] = None,
 ) -> None:
     """Cold-start AutoThink SFT: teach the format and a first mode prior (LoRA or full; resumable)."""
     from trainer.config import resolve
@@ -601,6 +604,7 @@ def train_sft(
         "model": model, "data": data, "method": method, "lora_rank": lora_rank, "learning_rate": learning_rate,
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
         "max_length": max_length, "seed": seed, "save_steps": save_steps, "merge": merge,
+        "forced_share": forced_share,
     }  # fmt: skip
     result = run_sft(resolve(recipe, "sft", flags), out)
     state = "resumed and finished" if result.resumed else "finished"

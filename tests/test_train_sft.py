@@ -242,3 +242,26 @@ def test_out_of_memory_is_one_line_with_the_knobs_to_turn(tiny: Path, arithmetic
     line = caught.value.one_line()
     assert "\n" not in line and "out of memory while training" in line
     assert "batch_size" in line and "gradient_checkpointing" in line
+
+
+def test_forced_variants_start_at_the_mode_tag_as_serving_forces_a_mode() -> None:
+    from katpilot.profiles import PROFILES
+    from trainer.chat_data import forced_variants
+
+    user = {"role": "user", "content": "q"}
+    on = f"{gate.JUDGE_OPEN}\nlong.\n{gate.JUDGE_CLOSE}\n{gate.THINK_ON}\n{gate.THINK_OPEN}\n1 + 1 = 2.\n"
+    on += f"{gate.THINK_CLOSE}\n{gate.ANSWER_OPEN}\n2\n{gate.ANSWER_CLOSE}"
+    off = f"{gate.JUDGE_OPEN}\nshort.\n{gate.JUDGE_CLOSE}\n{gate.THINK_OFF}\n{gate.ANSWER_OPEN}\n2\n{gate.ANSWER_CLOSE}"
+    plain = "just an answer"
+    chats = [[user, {"role": "assistant", "content": text}] for text in (on, off, plain)] * 100
+    every = forced_variants(chats, 1.0, seed=0)
+    assert len(every) == 200  # the plain answers have no mode tag to start from
+    kat = PROFILES["kat"]
+    assert {v[-1]["content"][: len(kat.prefill("on"))] for v in every[::2]} == {kat.prefill("on")}
+    assert {v[-1]["content"][: len(kat.prefill("off"))] for v in every[1::2]} == {kat.prefill("off")}
+    assert all(gate.JUDGE_OPEN not in v[-1]["content"] and v[0] == user for v in every)
+    some = forced_variants(chats, 0.25, seed=0)
+    assert 25 <= len(some) <= 75 and some == forced_variants(chats, 0.25, seed=0)
+    assert forced_variants(chats, 0.0, seed=0) == []
+    with pytest.raises(KatpilotError, match="forced_share"):
+        SFTConfig(forced_share=1.5)

@@ -8,9 +8,11 @@ prompt it will be served with.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
+from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.eval.suites.files import jsonl_objects
 
@@ -93,3 +95,21 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]], system_prompt: s
         with_system_prompt(messages, system_prompt), tokenize=False, add_generation_prompt=True
     )
     return rendered
+
+
+def forced_variants(chats: list[list[dict[str, str]]], share: float, seed: int) -> list[list[dict[str, str]]]:
+    """Copies of a seeded `share` of the AutoThink chats whose answer starts at its mode tag, judge left out.
+
+    Why: serving forces a mode (`--think on|off`) by prefilling the assistant turn with the mode tag
+    (the `kat` profile), so a forced response never has a judge. A model trained only on responses
+    that open with `<judge>` has never seen that start: measured on the tiny recipe, forced think-on
+    stopped after two or three tokens on most problems. These copies teach the continuation."""
+    rng = random.Random(f"katpilot-forced:{seed}")
+    variants = []
+    for chat in chats:
+        answer = chat[-1]["content"]
+        starts = [answer.find(tag) for tag in (gate.THINK_ON, gate.THINK_OFF) if tag in answer]
+        if not answer.lstrip().startswith(gate.JUDGE_OPEN) or not starts or rng.random() >= share:
+            continue
+        variants.append([*chat[:-1], {"role": "assistant", "content": answer[min(starts) :]}])
+    return variants

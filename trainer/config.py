@@ -47,6 +47,7 @@ class SFTConfig:
     logging_steps: int = 1
     group_by_length: bool = False  # batches of similar lengths (less padding), shuffled between groups
     tensorboard: bool = False  # also log to TensorBoard (needs `pip install tensorboard`), under tensorboard/
+    forced_share: float = 0.0  # SFT: this share of AutoThink records also trained from the mode tag on (as forced)
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +64,8 @@ class SFTConfig:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if not 0 <= self.forced_share <= 1:
+            problems.append("forced_share must be within [0, 1]")
         if self.learning_rate < 0 or self.epochs <= 0 or not 0 <= self.lora_dropout < 1:
             problems.append("learning_rate must be >= 0, epochs > 0 and lora_dropout within [0, 1)")
         if problems:

@@ -19,7 +19,7 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 from trainer import run_dir
-from trainer.chat_data import load_chats, tokenize_chat
+from trainer.chat_data import forced_variants, load_chats, tokenize_chat
 from trainer.config import Resolved, SFTConfig
 from trainer.model_io import add_autothink_tokens, ensure_fim_tokens, load_student
 from trainer.progress import metrics_callback, replace_default_display
@@ -45,6 +45,7 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
     if not cfg.model or not cfg.data:
         raise KatpilotError("sft needs a model and data", "give --model and --data (or set them in the recipe)")
     chats = load_chats(cfg.data)  # bad data fails before the model loads
+    chats += forced_variants(chats, cfg.forced_share, cfg.seed)
     resumed = run_dir.prepare(out, resolved, TABLE)
     set_seed(cfg.seed)
     model, tokenizer = trainable_student(cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from katpilot.errors import KatpilotError
+from trainer.rl.llama_rollouts import ROLLOUTS
 from trainer.rl.objective import LOSS_TYPES, SCALES
 
 SOURCE_DEFAULT = "default"
@@ -158,8 +159,8 @@ class RLConfig(SFTConfig):
             problems.append("max_new_tokens >= 1, temperature > 0 and top_p within (0, 1]")
         if min(self.epsilon, self.epsilon_high, self.beta, self.format_weight, self.label_weight, self.mode_weight) < 0:
             problems.append("epsilon, epsilon_high, beta, format_weight, label_weight and mode_weight must be >= 0")
-        if self.rollouts not in ("auto", "transformers", "llama.cpp"):
-            problems.append(f"rollouts must be auto, transformers or llama.cpp, not {self.rollouts!r}")
+        if self.rollouts not in ROLLOUTS:
+            problems.append(f"rollouts must be one of {', '.join(ROLLOUTS)}, not {self.rollouts!r}")
         if not 0 <= self.judge_margin <= 1:
             problems.append("judge_margin must be within [0, 1]")
         if problems:

@@ -60,7 +60,8 @@ def quant_stage(table: dict[str, Any], model: Path, out: Path, name: str, calibr
     if (model / "adapter_config.json").is_file():
         checkpoint, lora = adapter_base(model), model
     target = out / f"{name}.gguf"
-    stamp = {"model": _fingerprint(model), "base": _fingerprint(checkpoint), "type": type_name, "imatrix": imatrix}
+    base = _fingerprint(checkpoint) if lora is not None else {}  # the model itself, when not an adapter
+    stamp = {"model": _fingerprint(model), "base": base, "type": type_name, "imatrix": imatrix}
     stamp_path = out / STAMP_FILE
     if target.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return QuantOutcome(target, True, f"{target.name} already exported")

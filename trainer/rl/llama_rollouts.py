@@ -25,7 +25,7 @@ from trainer.chat_data import prompt_text
 from trainer.rl.prompts import RLPrompt
 from trainer.rl.rollouts import RolloutBatch, Sampling, assemble, tokenize_prompts
 
-CHOICES = ("auto", "transformers", "llama.cpp")
+ROLLOUTS = ("auto", "transformers", "llama.cpp")  # the `rollouts` setting: which sampler
 
 
 def unsuitable(model_spec: str, method: str, policy: Any) -> str | None:

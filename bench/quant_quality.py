@@ -1,9 +1,9 @@
 """The quantization quality table: perplexity and KL divergence per type, with and without an importance matrix.
 
-    python bench/quant_quality.py [--tokens 3072] [--calibration-tokens 16384] [--out table.md]
+    python bench/quant_quality.py [--checkpoint DIR] [--tokens 3072] [--calibration-tokens 16384] [--out table.md]
 
 The embedded SmolLM2-135M goes through transformers to a Hugging Face checkpoint (as the export tests
-build it), is exported to f32 and f16 by `katpilot quant export`'s code, and the f32 file is quantized
+build it), or `--checkpoint` names one (a fine-tuned model, e.g. `katpilot train sft`'s `final/`), is exported to f32 and f16 by `katpilot quant export`'s code, and the f32 file is quantized
 to each type by llama.cpp, once plain and once with an importance matrix computed from this
 repository's `katpilot/` package (`quant.imatrix.calibration_texts`: secrets withheld).
 
@@ -116,12 +116,15 @@ def score(
     return math.exp(nll / count), kl / count, kept
 
 
-def build(work: Path, calibration_tokens: int, threads: int) -> tuple[list[tuple[str, str, Path]], str]:
+def build(
+    work: Path, checkpoint: Path | None, calibration_tokens: int, threads: int
+) -> tuple[list[tuple[str, str, Path]], str]:
     """The files to score (type, imatrix, path) and a line saying what the matrix was measured on."""
     from quant_helpers import embedded_as_checkpoint
 
     started = time.perf_counter()
-    checkpoint = embedded_as_checkpoint(embedded_model_path(), work / "checkpoint")
+    if checkpoint is None:
+        checkpoint = embedded_as_checkpoint(embedded_model_path(), work / "checkpoint")
     f32, f16 = work / "f32.gguf", work / "f16.gguf"
     export_checkpoint(checkpoint, f32, "f32")
     export_checkpoint(checkpoint, f16, "f16")
@@ -179,6 +182,7 @@ def verdicts(rows: list[Row], reference: Row) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="a Hugging Face checkpoint (default: the embedded model)")
     parser.add_argument("--tokens", type=int, default=3072, help="held-out tokens to score (windows of 512)")
     parser.add_argument("--calibration-tokens", type=int, default=16_384, help="tokens the importance matrix sees")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -188,7 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        files, note = build(work, args.calibration_tokens, args.threads)
+        files, note = build(work, args.checkpoint, args.calibration_tokens, args.threads)
         chunks = windows(work / "f16.gguf", held_out_text(), args.tokens)
         started = time.perf_counter()
         ppl, _, kept = score(work / "f16.gguf", chunks, None, args.threads)

@@ -14,6 +14,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,22 @@ def row_blocks(rows: int, row_bytes: int, group: int = 1, budget: int = BLOCK_BY
     per_block = max(group, (budget // max(row_bytes, 1)) // group * group)
     for start in range(0, rows, per_block):
         yield start, min(rows, start + per_block)
+
+
+@contextmanager
+def quiet_about_mtp_heads(checkpoint: Path) -> Iterator[None]:
+    """Distillation's MTP heads sit in the checkpoint's weight index (where the export finds them), and
+    transformers' loader prints a table listing each of their tensors as UNEXPECTED; they load
+    separately (`trainer.mtp.load_mtp_heads`), so that table only buries the progress lines."""
+    import logging
+
+    if not (checkpoint / "mtp.safetensors").is_file():
+        yield
+        return
+    loader = logging.getLogger("transformers.modeling_utils")
+    level = loader.level
+    loader.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        loader.setLevel(level)

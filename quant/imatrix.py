@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from katpilot.errors import ModelFileError
 from katpilot.gguf_file import read_gguf_header
+from quant.checkpoint import quiet_about_mtp_heads
 from quant.errors import QuantError
 
 DEFAULT_TOKENS = 16_384  # 32 chunks of 512: two to eight minutes for a 135M model on two busy cores
@@ -99,7 +100,8 @@ def compute_imatrix(
     chunks = _chunks(tokenizer, texts, max_tokens, chunk)
     if not chunks:
         raise QuantError("the calibration text is empty", "calibrate on a repository with source files in it")
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    with quiet_about_mtp_heads(checkpoint):  # the heads are not calibrated: they never reach the quantizer
+        model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     model.eval()
     sums: dict[str, Any] = {}  # GGUF name -> float64 tensor of column sums of squares
     rows: dict[str, int] = {}

@@ -206,42 +206,16 @@ def add_mtp_heads(checkpoint: Path, depth: int = 1, seed: int = 1) -> dict[str, 
     return added
 
 
-def autothink_checkpoint(base: Path, dest: Path, examples: list[tuple[str, str]], steps: int = 30) -> Path:
-    """What the cold-start SFT stage hands to quant: the AutoThink tags added as special tokens (new
-    rows the mean of the tag's sub-word embeddings), fine-tuned until it writes `examples` itself."""
+def autothink_checkpoint(base: Path, dest: Path) -> Path:
+    """The base with the AutoThink tags added as the cold-start SFT stage adds them before it trains."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from katpilot.gate import KAT_TAGS
+    from trainer.model_io import add_autothink_tokens
 
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    tags = sorted(KAT_TAGS)
-    pieces = [tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in tags]
-    tokenizer.add_special_tokens({"additional_special_tokens": tags})
-    model.resize_token_embeddings(len(tokenizer))
-    with torch.no_grad():
-        table = model.get_input_embeddings().weight
-        for tag, ids in zip(tags, pieces, strict=True):
-            table[tokenizer.convert_tokens_to_ids(tag)] = table[ids].mean(0)
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False
-        )
-        for q, a in examples
-    ]
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    model.train()
-    for _ in range(steps):  # until the examples are learnt by heart
-        loss = model(**batch, labels=labels).loss
-        if loss.item() < 0.01:
-            break
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    add_autothink_tokens(model, tokenizer)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     set_pre_tokenizer(dest, SMOLLM_PRE)

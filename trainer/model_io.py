@@ -14,14 +14,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.gguf_file import FIM_TRIPLES
+from quant.checkpoint import quiet_about_mtp_heads
 
 # A fixed order, so two runs give the tags the same ids.
 AUTOTHINK_TAGS = (
@@ -54,7 +54,7 @@ def load_student(spec: str | Path) -> tuple[Any, Any]:
             model = AutoPeftModelForCausalLM.from_pretrained(path, dtype="auto").merge_and_unload()
         elif path.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(path)
-            with _quiet_about_mtp_heads(path):
+            with quiet_about_mtp_heads(path):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
         else:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -137,25 +137,6 @@ def _resolve(spec: str | Path) -> Path:
         raise KatpilotError(
             f"no model at {spec}", "give a checkpoint directory, a GGUF file, or a name `katpilot models` lists"
         ) from None
-
-
-@contextmanager
-def _quiet_about_mtp_heads(path: Path) -> Iterator[None]:
-    """Distillation's MTP heads sit in the checkpoint's weight index (where the export finds them), and
-    transformers' loader prints a table listing each of their tensors as UNEXPECTED; they load
-    separately (`trainer.mtp.load_mtp_heads`), so that table only buries the progress lines."""
-    import logging
-
-    if not (path / "mtp.safetensors").is_file():
-        yield
-        return
-    loader = logging.getLogger("transformers.modeling_utils")
-    level = loader.level
-    loader.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        loader.setLevel(level)
 
 
 def _clear_gguf_marks(model: Any) -> None:

@@ -126,3 +126,28 @@ def _bad_recipe(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "bad.toml"
     path.write_text(f'[run]\nmodel = "x"\n\n{text}', encoding="utf-8")
     return path
+
+
+def test_a_hugging_face_starting_model_is_exported_once_to_be_the_evaluation_baseline(
+    smol_checkpoint: Path, tmp_path: Path
+) -> None:
+    tiny = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "tiny")
+    recipe = tmp_path / "eval-only.toml"
+    recipe.write_text(
+        f'[run]\nout = "runs"\nmodel = "{tiny}"\n\n[quant]\ntype = "f16"\n\n'
+        '[eval]\nsuite = "arithmetic"\nlimit = 2\nmodes = "off"\nmax_tokens = 4\n',
+        encoding="utf-8",
+    )
+    settings = config_mod.load_settings().settings
+    lines: list[str] = []
+    result = run_recipe(recipe, settings, echo=lines.append)
+    baseline = tmp_path / "runs" / "quant" / "baseline" / "baseline.gguf"
+    assert baseline.is_file() and any("baseline.gguf: f16" in line for line in lines)
+    assert result.evaluation is not None and result.evaluation.baseline is not None
+    assert result.evaluation.baseline_out is not None and (result.evaluation.baseline_out / "results.json").is_file()
+    exported_at = baseline.stat().st_mtime_ns
+    lines.clear()
+    run_recipe(recipe, settings, echo=lines.append)
+    assert baseline.stat().st_mtime_ns == exported_at and any(
+        "baseline.gguf already exported" in line for line in lines
+    )

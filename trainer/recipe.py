@@ -129,6 +129,8 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
     name = str(run.get("name") or path.stem)
     gguf: Path | None = None
     stages = [stage for stage in STAGES if stage in recipe]
+    repo = recipe.get("data", {}).get("repo")
+    calibration = Path(repo).expanduser() if repo else None  # the importance matrix's text, when one is asked for
     for number, stage in enumerate(stages, start=1):
         table = dict(recipe[stage])
         started = time.perf_counter()
@@ -140,8 +142,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
         elif stage == "quant":
             from trainer.recipe_stages import quant_stage, register
 
-            repo = recipe.get("data", {}).get("repo")
-            exported = quant_stage(table, Path(model), stage_out, name, Path(repo).expanduser() if repo else None)
+            exported = quant_stage(table, Path(model), stage_out, name, calibration)
             gguf, summary, skipped = exported.gguf, exported.summary, exported.skipped
             if run.get("name"):
                 registered = register(gguf, name)
@@ -150,7 +151,8 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             from trainer.recipe_stages import eval_stage
 
             assert gguf is not None  # read_recipe: [eval] needs [quant]
-            measured = eval_stage(table, gguf, stage_out, name, _baseline(run), settings)
+            baseline = _baseline(run, dict(recipe["quant"]), root / "quant" / "baseline", calibration, echo)
+            measured = eval_stage(table, gguf, stage_out, name, baseline, settings)
             result.evaluation = measured
             summary, skipped = measured.summary, False
         else:
@@ -169,13 +171,23 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
     return result
 
 
-def _baseline(run: dict[str, Any]) -> str | None:
-    """What [eval] compares against by default: the starting model, when serving can load it (a GGUF or
-    a name `katpilot models` lists; a Hugging Face directory it cannot)."""
+def _baseline(
+    run: dict[str, Any], quant: dict[str, Any], out: Path, calibration: Path | None, echo: Callable[[str], None]
+) -> str | None:
+    """What [eval] compares against by default: the starting model. Serving loads a GGUF or a name
+    `katpilot models` lists as it is; a Hugging Face directory is exported first, with the [quant]
+    table's type and matrix so both sides are quantized alike (once: the export keeps a stamp)."""
     start = str(run.get("model", ""))
-    if not start or Path(start).expanduser().is_dir():
+    if not start:
         return None
-    return start
+    directory = Path(start).expanduser()
+    if not directory.is_dir():
+        return start
+    from trainer.recipe_stages import quant_stage
+
+    exported = quant_stage(quant, directory, out, "baseline", calibration)
+    echo(f"katpilot: the starting model for the baseline: {exported.summary}")
+    return str(exported.gguf)
 
 
 def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, bool]:

@@ -14,7 +14,8 @@
 Only the tables present run, always in that order. Chaining: the data stage's directory is the
 default `data` of every later stage; each training stage's final model is the default `model` of the
 next (distill -> SFT -> RL), the last one is what [quant] exports, and the export is what [eval]
-measures, against the model the recipe started from (`baseline`, when that is a GGUF or a model name).
+measures, against the model the recipe started from (`baseline`; a Hugging Face directory is exported
+first, with [quant]'s type, to OUT/quant/baseline).
 A stage whose final model is already there (and whose settings are unchanged: the run directory
 refuses a change) is skipped; a stage cut short resumes from its last checkpoint; the data stage and
 the evaluation resume by themselves; an export is redone only when its model changed, an evaluation

@@ -225,6 +225,12 @@ def plan_tensors(ckpt: Checkpoint, hp: Hyper) -> list[TensorPlan]:
         if block >= hp.blocks:
             expected |= mtp_shapes(hp, block)
     optional_mtp = {"shared_head.norm.weight", "shared_head.head.weight", "embed_tokens.weight"}
+    mtp_prefixes = tuple(f"model.layers.{block}." for block in range(hp.blocks, total))
+    if mtp_prefixes and not any(name.startswith(mtp_prefixes) for name in ckpt.tensors):
+        raise QuantError(  # a trainer's intermediate save from before the heads rode along with each checkpoint
+            f"{ckpt.path}/config.json declares {hp.mtp_blocks} MTP layer(s) (num_nextn_predict_layers) the checkpoint does not hold",
+            "export the run's final/ (it carries them), or delete that key from config.json to export this one without heads",
+        )
     plans = []
     for source, shape in expected.items():
         ref = ckpt.tensors.get(source)

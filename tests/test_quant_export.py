@@ -168,6 +168,8 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         config["hidden_size"] = "abc"
     elif name == "tied-as-string":
         config["tie_word_embeddings"] = "false"
+    elif name == "heads-declared-not-held":
+        config["num_nextn_predict_layers"] = 1
     elif name == "unknown-pre-tokenizer":
         set_pre_tokenizer(ckpt, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"})
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -183,6 +185,7 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         ("bad-number", "hidden_size is 'abc', not a number"),
         ("tied-as-string", "tie_word_embeddings is 'false', not true or false"),
         ("unknown-pre-tokenizer", "unknown pre-tokenizer (Metaspace)"),
+        ("heads-declared-not-held", "declares 1 MTP layer(s) (num_nextn_predict_layers) the checkpoint does not hold"),
     ],
 )
 def test_a_broken_checkpoint_is_one_line_exit_2_and_no_file(

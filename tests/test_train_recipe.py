@@ -69,6 +69,10 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
     assert f'model = "{runs / "sft" / "final"}"  # the stage before' in rl_config and "generations = 2" in rl_config
     assert (runs / "rl" / "final" / "config.json").is_file() and result.stages[-1].summary.startswith("1 steps")
     assert (runs / "rl" / "final" / "mtp.safetensors").is_file()  # distillation's heads, carried through SFT and RL
+    saved = sorted((runs / "sft" / "checkpoints").glob("checkpoint-*")) + sorted(
+        (runs / "rl" / "checkpoints").glob("checkpoint-*")
+    )
+    assert len(saved) == 2 and all((c / "mtp.safetensors").is_file() for c in saved)  # every checkpoint exports whole
     again = run_recipe(recipe, settings, echo=lambda line: None)
     assert all(s.skipped for s in again.stages)
     changed = recipe.read_text().replace(

@@ -360,6 +360,24 @@ def carry_mtp_heads(source: Path, checkpoint_dir: Path) -> Path | None:
     return path
 
 
+def carry_heads_on_save(source: Path, method: str) -> list[Any]:
+    """For a full fine-tune of a model with heads: a callback that carries them beside every
+    `checkpoint-N` as it is written (as `carry_mtp_heads` does for final/), so any checkpoint exports
+    whole; without it, a checkpoint's config names MTP layers its weights do not hold. None needed
+    otherwise (a LoRA's heads stay in its base)."""
+    from transformers import TrainerCallback
+
+    if method != "full" or not (source / HEADS_FILE).is_file():
+        return []
+
+    class CarryHeads(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                carry_mtp_heads(source, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return [CarryHeads()]
+
+
 def load_mtp_heads(model: nn.Module, checkpoint_dir: Path) -> MTPHeads:
     """The heads saved beside `checkpoint_dir`'s weights (by `save_mtp_heads`, or any checkpoint in the
     same layout), on `model`, bit for bit."""

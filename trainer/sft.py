@@ -41,6 +41,8 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
     """Train (or resume) and write final/ and the report. `callbacks`: extra transformers callbacks."""
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
+    from trainer.mtp import carry_heads_on_save
+
     cfg = resolved.config
     if not cfg.model or not cfg.data:
         raise KatpilotError("sft needs a model and data", "give --model and --data (or set them in the recipe)")
@@ -68,7 +70,7 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         args=training_arguments(cfg, out),
         train_dataset=Rows(examples),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[metrics_callback(metrics, "sft"), *callbacks],
+        callbacks=[metrics_callback(metrics, "sft"), *carry_heads_on_save(Path(cfg.model), cfg.method), *callbacks],
     )
     replace_default_display(trainer)
     result = train(trainer, resumed)

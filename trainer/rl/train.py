@@ -67,6 +67,8 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
     import torch
     from transformers import Trainer, set_seed
 
+    from trainer.mtp import carry_heads_on_save
+
     if not isinstance(resolved.config, RLConfig):
         raise TypeError("run_rl needs an RLConfig")
     cfg: RLConfig = resolved.config
@@ -143,7 +145,7 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
         args=training_arguments(cfg, out),
         train_dataset=Rows(prompts),
         data_collator=_as_is,
-        callbacks=[metrics_callback(metrics, "rl"), *callbacks],
+        callbacks=[metrics_callback(metrics, "rl"), *carry_heads_on_save(Path(cfg.model), cfg.method), *callbacks],
     )
     replace_default_display(trainer)
     result = train(trainer, resumed)

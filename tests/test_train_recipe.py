@@ -155,3 +155,6 @@ def test_a_hugging_face_starting_model_is_exported_once_to_be_the_evaluation_bas
     assert baseline.stat().st_mtime_ns == exported_at and any(
         "baseline.gguf already exported" in line for line in lines
     )
+    recipe.write_text(recipe.read_text() + 'baseline = ""\n', encoding="utf-8")  # no baseline at all
+    again = run_recipe(recipe, settings, echo=lines.append)
+    assert again.evaluation is not None and again.evaluation.baseline is None

@@ -152,7 +152,8 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             from trainer.recipe_stages import eval_stage
 
             assert gguf is not None  # read_recipe: [eval] needs [quant]
-            baseline = _baseline(run, dict(recipe["quant"]), root / "quant" / "baseline", calibration, echo)
+            start = str(table.get("baseline", run.get("model", "")))  # baseline = "" turns it off
+            baseline = _baseline(start, dict(recipe["quant"]), root / "quant" / "baseline", calibration, echo)
             measured = eval_stage(table, gguf, stage_out, name, baseline, settings)
             result.evaluation = measured
             summary, skipped = measured.summary, False
@@ -173,12 +174,12 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
 
 
 def _baseline(
-    run: dict[str, Any], quant: dict[str, Any], out: Path, calibration: Path | None, echo: Callable[[str], None]
+    start: str, quant: dict[str, Any], out: Path, calibration: Path | None, echo: Callable[[str], None]
 ) -> str | None:
-    """What [eval] compares against by default: the starting model. Serving loads a GGUF or a name
-    `katpilot models` lists as it is; a Hugging Face directory is exported first, with the [quant]
-    table's type and matrix so both sides are quantized alike (once: the export keeps a stamp)."""
-    start = str(run.get("model", ""))
+    """What [eval] compares against: `start` (its `baseline`, by default the starting model). Serving
+    loads a GGUF or a name `katpilot models` lists as it is; a Hugging Face directory is exported first,
+    with the [quant] table's type and matrix so both sides are quantized alike (once: the export keeps
+    a stamp)."""
     if not start:
         return None
     directory = Path(start).expanduser()
@@ -187,7 +188,7 @@ def _baseline(
     from trainer.recipe_stages import quant_stage
 
     exported = quant_stage(quant, directory, out, "baseline", calibration)
-    echo(f"katpilot: the starting model for the baseline: {exported.summary}")
+    echo(f"katpilot: the baseline, {directory}: {exported.summary}")
     return str(exported.gguf)
 
 

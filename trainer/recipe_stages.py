@@ -92,17 +92,15 @@ def _fingerprint(directory: Path) -> dict[str, float]:
     }
 
 
-def eval_stage(
-    table: dict[str, Any], gguf: Path, out: Path, name: str, baseline_spec: str | None, settings: Any
-) -> EvalOutcome:
-    """`katpilot eval` of the exported model (OUT/NAME) and of the baseline (OUT/baseline), same items.
+def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: str | None, settings: Any) -> EvalOutcome:
+    """`katpilot eval` of the exported model (OUT/NAME) and of the baseline `spec` (a GGUF or a model
+    name, the recipe's [eval] baseline resolved; None: none) in OUT/baseline, same items.
 
     Greedy unless the table says otherwise, as `katpilot eval` is. A stamp of the table, the GGUF
     (size and modification time) and the baseline decides between resuming and starting afresh: a
     new export or a changed setting makes the old records stale, and OUT is the recipe's own."""
     from katpilot.eval.command import EvalOptions, parse_modes, run_eval
 
-    spec = str(table.get("baseline", baseline_spec or "")) or None
     suite = str(table.get("suite", "arithmetic"))
     modes = parse_modes(str(table.get("modes", "auto,on,off")))
     limit = int(table["limit"]) if table.get("limit") is not None else None

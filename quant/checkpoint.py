@@ -25,6 +25,7 @@ from quant.errors import QuantError
 
 _DTYPES: dict[str, tuple[str, int]] = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
 _MAX_HEADER = 100 * 2**20
+MTP_HEADS_FILE = "mtp.safetensors"  # where `katpilot train` saves distillation's heads (trainer.mtp)
 BLOCK_BYTES = 32 * 2**20  # float32 bytes per row block: an export's working set is a few of these
 
 
@@ -210,7 +211,7 @@ def quiet_about_mtp_heads(checkpoint: Path) -> Iterator[None]:
     separately (`trainer.mtp.load_mtp_heads`), so that table only buries the progress lines."""
     import logging
 
-    if not (checkpoint / "mtp.safetensors").is_file():
+    if not (checkpoint / MTP_HEADS_FILE).is_file():
         yield
         return
     loader = logging.getLogger("transformers.modeling_utils")

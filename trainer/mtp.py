@@ -64,13 +64,13 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from katpilot.errors import KatpilotError
 from katpilot.eval.records import write_atomic
-from quant.checkpoint import load_json, read_safetensors_header
+from quant.checkpoint import MTP_HEADS_FILE, load_json, read_safetensors_header
 
 IGNORE_INDEX = -100  # labels that take no part in the loss, as in transformers
 # DeepSeek-V3 weighted the MTP loss 0.3 for its first 10T training tokens and 0.1 for the last 4.8T.
 DEEPSEEK_V3_LAMBDAS = (0.3, 0.1)
 DEEPSEEK_V3_SWITCH = 10.0 / 14.8
-HEADS_FILE = "mtp.safetensors"
+HEADS_FILE = MTP_HEADS_FILE
 _SINGLE = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 _ONE_SHARD = "model-00001-of-00001.safetensors"  # a lone model.safetensors, once the heads' index lists it

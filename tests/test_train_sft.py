@@ -265,3 +265,23 @@ def test_forced_variants_start_at_the_mode_tag_as_serving_forces_a_mode() -> Non
     assert forced_variants(chats, 0.0, seed=0) == []
     with pytest.raises(KatpilotError, match="forced_share"):
         SFTConfig(forced_share=1.5)
+
+
+def test_precision_follows_the_hardware_and_refuses_what_it_lacks(tmp_path: Path) -> None:
+    from trainer.precision import cpu_has_native_bf16, use_bf16
+    from trainer.sft import training_arguments
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n"
+    assert cpu_has_native_bf16(amx) and cpu_has_native_bf16("flags : avx512_bf16 avx2\n")
+    assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f\n") and not cpu_has_native_bf16("")
+    assert use_bf16("auto", False, False, True) and not use_bf16("auto", False, False, False)
+    assert use_bf16("auto", True, True, False) and not use_bf16("auto", True, False, True)
+    assert use_bf16("bf16", False, False, False) and not use_bf16("fp32", True, True, True)
+    with pytest.raises(KatpilotError, match="this GPU has no bf16"):
+        use_bf16("bf16", True, False, True)
+    with pytest.raises(KatpilotError, match="precision must be one of auto, bf16, fp32"):
+        SFTConfig(precision="fp16")
+    if not torch.cuda.is_available():  # what the Trainer is given on this machine's CPU
+        assert training_arguments(SFTConfig(precision="bf16"), tmp_path / "a").bf16 is True
+        assert training_arguments(SFTConfig(precision="fp32"), tmp_path / "b").bf16 is False
+        assert training_arguments(SFTConfig(), tmp_path / "c").bf16 is cpu_has_native_bf16()

@@ -17,6 +17,7 @@ from trainer.rl.llama_rollouts import ROLLOUTS
 from trainer.rl.objective import LOSS_TYPES, SCALES
 
 SOURCE_DEFAULT = "default"
+PRECISIONS = ("auto", "bf16", "fp32")
 SOURCE_FLAG = "flag"
 
 
@@ -49,6 +50,9 @@ class SFTConfig:
     group_by_length: bool = False  # batches of similar lengths (less padding), shuffled between groups
     tensorboard: bool = False  # also log to TensorBoard (needs `pip install tensorboard`), under tensorboard/
     forced_share: float = 0.0  # SFT: this share of AutoThink records also trained from the mode tag on (as forced)
+    precision: str = (
+        "auto"  # "auto": bf16 mixed precision where the hardware computes bf16 natively, else fp32; "bf16"; "fp32"
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +71,8 @@ class SFTConfig:
                 problems.append(f"{name} must be at least 1")
         if not 0 <= self.forced_share <= 1:
             problems.append("forced_share must be within [0, 1]")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.learning_rate < 0 or self.epochs <= 0 or not 0 <= self.lora_dropout < 1:
             problems.append("learning_rate must be >= 0, epochs > 0 and lora_dropout within [0, 1)")
         if problems:

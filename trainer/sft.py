@@ -22,6 +22,7 @@ from trainer import run_dir
 from trainer.chat_data import forced_variants, load_chats, tokenize_chat
 from trainer.config import Resolved, SFTConfig
 from trainer.model_io import add_autothink_tokens, ensure_fim_tokens, load_student
+from trainer.precision import cpu_has_native_bf16, use_bf16
 from trainer.progress import metrics_callback, replace_default_display
 
 TABLE = "sft"
@@ -104,11 +105,12 @@ def trainable_student(cfg: SFTConfig, fim: bool = False) -> tuple[Any, Any]:
 
 
 def training_arguments(cfg: SFTConfig, out: Path) -> Any:
-    """transformers' arguments from a stage's settings: fp32 on CPU, bf16 where the GPU has it."""
+    """transformers' arguments from a stage's settings: bf16 autocast where the hardware has it (`precision`)."""
     import torch
     from transformers import TrainingArguments
 
     use_gpu = torch.cuda.is_available()
+    bf16 = use_bf16(cfg.precision, use_gpu, use_gpu and torch.cuda.is_bf16_supported(), cpu_has_native_bf16())
     report_to = []
     if cfg.tensorboard:
         if importlib.util.find_spec("tensorboard") is None:
@@ -130,7 +132,7 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not use_gpu,
-        bf16=use_gpu and torch.cuda.is_bf16_supported(),
+        bf16=bf16,
         report_to=report_to,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,

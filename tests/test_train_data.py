@@ -25,7 +25,7 @@ from katpilot.eval.items import grade
 from katpilot.eval.suites.arithmetic import arithmetic_ladder
 from trainer.data.builder import INTENT_TEXT, RECORDS_FILE, STATE_DIR, TASKS_FILE, DataJournal, DataOptions, Outcome
 from trainer.data.command import CARD_FILE, DataRun, run_data
-from trainer.data.sources import load_prompts, parse_kinds
+from trainer.data.sources import drill_tasks, load_prompts, parse_kinds
 from trainer.data.tagging import choose_mode, rule_mode
 from trainer.data.tasks import REPO_KINDS
 
@@ -123,6 +123,20 @@ def test_programmatic_teacher_think_on_records_are_all_correct(tmp_path: Path) -
     assert set(by_level[1]) == {"off"} and set(by_level[6]) == {"on"}
     # no arithmetic item katpilot eval measures (seed 0) is in the data
     assert not {p["messages"][0]["content"] for p in records} & {i.prompt for i in arithmetic_ladder(0)}
+
+
+def test_drill_adds_one_step_problems_of_their_own_after_the_limit(tmp_path: Path) -> None:
+    out = tmp_path / "drill"
+    summary = run_data(_settings(), DataRun(out=out, kinds=("arithmetic",), teacher="programmatic", limit=12, drill=30))
+    assert summary.tasks == 42
+    drilled = [r for r in _records(out) if r["task"].startswith("drill-")]
+    assert {r["task"] for r in drilled} == {f"drill-{i:04d}" for i in range(30)}
+    assert {r["level"] for r in drilled} == {1} and all(r["verdict"]["passed"] for r in drilled)
+    held_out = {i.prompt for i in arithmetic_ladder(0)} | {i.prompt for i in arithmetic_ladder(10_000, 600)}
+    assert not {r["messages"][0]["content"] for r in drilled} & held_out
+    assert [t.item.prompt for t in drill_tasks(10)] == [t.item.prompt for t in drill_tasks(30)[:10]]
+    with pytest.raises(KatpilotError, match="--drill must be 0 or more"):
+        drill_tasks(-1)
 
 
 # -- the embedded model as a real teacher on a fixture repository ---------------------------------

@@ -38,7 +38,7 @@ TRAINING = ("distill", "sft", "rl")
 RUN_KEYS = {"out", "model", "name"}
 REPORT_FILE = "report.md"
 DATA_KEYS = {
-    "repo", "tasks", "teacher", "critic", "prompts", "limit", "jobs", "span",
+    "repo", "tasks", "teacher", "critic", "prompts", "limit", "drill", "jobs", "span",
     "votes", "margin", "random_share", "intent_share", "retries", "seed",
 }  # fmt: skip
 
@@ -207,6 +207,7 @@ def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, b
         critic=table.get("critic", "teacher"),
         prompts=Path(table["prompts"]).expanduser() if table.get("prompts") else None,
         limit=table.get("limit"),
+        drill=int(table.get("drill", 0)),
         jobs=int(table.get("jobs", 1)),
         options=options,
         **({"span": int(table["span"])} if "span" in table else {}),

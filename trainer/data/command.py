@@ -41,6 +41,7 @@ class DataRun:
     critic: str = SAME_AS_TEACHER  # "teacher", "none", or another model
     prompts: Path | None = None
     limit: int | None = None
+    drill: int = 0  # one-step arithmetic problems added after `limit` (sources.drill_tasks)
     jobs: int = 1
     span: int = DEFAULT_SPAN  # the programmatic teacher's direct-answer span
     options: DataOptions = field(default_factory=DataOptions)
@@ -75,7 +76,7 @@ def run_data(
         raise KatpilotError("--limit must be at least 1", "give how many tasks to run")
     if run.repo is not None and not run.repo.is_dir():
         raise KatpilotError(f"{run.repo} is not a directory", "give the repository's root directory")
-    tasks = collect_tasks(run.repo, run.kinds, run.prompts, seed=run.options.seed, limit=run.limit)
+    tasks = collect_tasks(run.repo, run.kinds, run.prompts, seed=run.options.seed, limit=run.limit, drill=run.drill)
     if not tasks:
         raise KatpilotError("no tasks were found", "give a repository with functions, or other --tasks")
     programmatic = ProgrammaticTeacher(run.span)  # the arithmetic ladder is always computed

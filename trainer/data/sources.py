@@ -4,12 +4,17 @@ Kinds are interleaved (one of each in turn) before `--limit` cuts, so a short ru
 kind. The arithmetic ladder is drawn with seeds from `ARITHMETIC_SEED_OFFSET` on, so the data never
 holds the items `katpilot eval --suite arithmetic` measures (seeds below it). The code suite has no
 such split: training on it means `katpilot eval --suite code` is no longer held out.
+
+`drill` adds one-operation ladder problems after the cut, from seeds of their own: a small model
+answers one-step problems directly only after thousands of examples (docs/recipe.md measured it),
+far more than the ladder's share of a dataset holds.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from katpilot import gate
@@ -20,6 +25,7 @@ from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task, encodable
 
 ARITHMETIC_SEED_OFFSET = 10_000
 ARITHMETIC_SIZE = 600  # a hundred problems per level
+DRILL_SEED_OFFSET = 20_000  # the drill's one-step problems: neither the data's ladder nor the eval's
 PROMPT_VERIFIERS = ("exact", "numeric", "mentions", "similar")
 
 
@@ -41,9 +47,14 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 
 
 def collect_tasks(
-    repo: Path | None, kinds: Sequence[str], prompts: Path | None, seed: int = 0, limit: int | None = None
+    repo: Path | None,
+    kinds: Sequence[str],
+    prompts: Path | None,
+    seed: int = 0,
+    limit: int | None = None,
+    drill: int = 0,
 ) -> list[Task]:
-    """Every task of the kinds asked for, interleaved by kind, the first `limit` of them."""
+    """Every task of the kinds asked for, interleaved by kind, the first `limit` of them, then `drill` more."""
     by_kind: dict[str, list[Task]] = {}
     repo_kinds = [k for k in kinds if k in REPO_KINDS]
     if repo_kinds:
@@ -68,7 +79,21 @@ def collect_tasks(
         by_kind["prompt"] = load_prompts(prompts)
     lists = [by_kind.get(kind, []) for kind in [*kinds, *(["prompt"] if "prompt" not in kinds else [])]]
     interleaved = [task for row in _zip_longest(lists) for task in row]
-    return interleaved[:limit] if limit else interleaved
+    return (interleaved[:limit] if limit else interleaved) + drill_tasks(drill, seed)
+
+
+def drill_tasks(count: int, seed: int = 0) -> list[Task]:
+    """`count` one-operation arithmetic problems, ids drill-0000, ... (item i is the same for any count)."""
+    if count < 0:
+        raise KatpilotError("--drill must be 0 or more", "give how many one-step problems to add")
+    if count == 0:
+        return []
+    from katpilot.eval.suites.arithmetic import LEVELS, arithmetic_ladder
+
+    one_step = [item for item in arithmetic_ladder(DRILL_SEED_OFFSET + seed, LEVELS * count) if item.level == 1]
+    return [
+        _suite_task(replace(item, id=f"drill-{i:04d}"), "arithmetic", item.expected) for i, item in enumerate(one_step)
+    ]
 
 
 def load_prompts(path: Path) -> list[Task]:

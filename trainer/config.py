@@ -17,8 +17,8 @@ from trainer.rl.llama_rollouts import ROLLOUTS
 from trainer.rl.objective import LOSS_TYPES, SCALES
 
 SOURCE_DEFAULT = "default"
-PRECISIONS = ("auto", "bf16", "fp32")
 SOURCE_FLAG = "flag"
+PRECISIONS = ("auto", "bf16", "fp32")  # trainer/precision.py resolves them
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,7 @@ class SFTConfig:
     group_by_length: bool = False  # batches of similar lengths (less padding), shuffled between groups
     tensorboard: bool = False  # also log to TensorBoard (needs `pip install tensorboard`), under tensorboard/
     forced_share: float = 0.0  # SFT: this share of AutoThink records also trained from the mode tag on (as forced)
-    precision: str = (
-        "auto"  # "auto": bf16 mixed precision where the hardware computes bf16 natively, else fp32; "bf16"; "fp32"
-    )
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32; bf16; fp32
 
     def __post_init__(self) -> None:
         problems = []

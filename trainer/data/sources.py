@@ -55,6 +55,7 @@ def collect_tasks(
     drill: int = 0,
 ) -> list[Task]:
     """Every task of the kinds asked for, interleaved by kind, the first `limit` of them, then `drill` more."""
+    drilled = drill_tasks(drill, seed)  # first: a bad --drill fails before the repository is mined
     by_kind: dict[str, list[Task]] = {}
     repo_kinds = [k for k in kinds if k in REPO_KINDS]
     if repo_kinds:
@@ -79,7 +80,7 @@ def collect_tasks(
         by_kind["prompt"] = load_prompts(prompts)
     lists = [by_kind.get(kind, []) for kind in [*kinds, *(["prompt"] if "prompt" not in kinds else [])]]
     interleaved = [task for row in _zip_longest(lists) for task in row]
-    return (interleaved[:limit] if limit else interleaved) + drill_tasks(drill, seed)
+    return (interleaved[:limit] if limit else interleaved) + drilled
 
 
 def drill_tasks(count: int, seed: int = 0) -> list[Task]:

@@ -505,6 +505,7 @@ def train_data(
     votes: Annotated[int, typer.Option(help="Answers per mode and task (K).")] = 2,
     limit: Annotated[int | None, typer.Option(help="The first N tasks only (kinds interleaved).")] = None,
     drill: Annotated[int, typer.Option(help="Add N one-step arithmetic problems (direct-answer practice).")] = 0,
+    drill_levels: Annotated[str, typer.Option(help="The drill's operation counts, taken in turn: 1,2.")] = "1",
     jobs: Annotated[int, typer.Option(help="Parallel teacher requests (remote servers).")] = 1,
     prompts: Annotated[Path | None, typer.Option(help="Your own prompts: JSONL with prompt (and answer).")] = None,
     critic: Annotated[str, typer.Option(help="'teacher' (the same model), 'none', or another model.")] = "teacher",
@@ -525,7 +526,7 @@ def train_data(
     """Build a dual-regime (think-on / think-off) dataset from a repository, tagged by pass rates."""
     from trainer.data.builder import DataOptions
     from trainer.data.command import DataRun, run_data, summary_lines
-    from trainer.data.sources import parse_kinds
+    from trainer.data.sources import parse_kinds, parse_levels
 
     settings = config_mod.load_settings(
         _flags(temperature=temperature, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=n_threads, profile=profile)
@@ -542,6 +543,7 @@ def train_data(
         prompts=prompts,
         limit=limit,
         drill=drill,
+        drill_levels=parse_levels(drill_levels),
         jobs=jobs,
         span=span,
         options=options,

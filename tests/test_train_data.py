@@ -139,6 +139,16 @@ def test_drill_adds_one_step_problems_of_their_own_after_the_limit(tmp_path: Pat
         drill_tasks(-1)
 
 
+def test_drill_levels_alternate_and_a_level_outside_the_ladder_is_refused() -> None:
+    drilled = drill_tasks(9, levels=(1, 3))
+    assert [t.item.level for t in drilled] == [1, 3] * 4 + [1]
+    assert [t.item.prompt for t in drilled[:4]] == [t.item.prompt for t in drill_tasks(4, levels=(1, 3))]
+    assert [t.item.prompt for t in drill_tasks(3)] == [t.item.prompt for t in drill_tasks(6, levels=(1, 2))[::2]]
+    for bad in ((), (0,), (7,), (2, 2)):
+        with pytest.raises(KatpilotError, match="not distinct operation counts"):
+            drill_tasks(3, levels=bad)
+
+
 # -- the embedded model as a real teacher on a fixture repository ---------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ batch_size = 4
 mtp_depth = 1
 {extra}
 
+[drill]
+count = 8
+levels = "1,2"
+method = "full"
+max_steps = 2
+batch_size = 4
+
 [sft]
 method = "full"
 max_steps = 2
@@ -58,10 +66,18 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
     settings = config_mod.load_settings().settings
     result = run_recipe(recipe, settings, echo=lambda line: None)
     runs = tmp_path / "runs"
-    assert [s.name for s in result.stages] == ["data", "distill", "sft", "rl"]
+    assert [s.name for s in result.stages] == ["data", "distill", "drill", "sft", "rl"]
     assert not any(s.skipped for s in result.stages)
+    drill_config = (runs / "drill" / "config.toml").read_text()
+    assert f'model = "{runs / "distill" / "final"}"  # the stage before' in drill_config
+    assert f'data = "{runs / "drill-data"}"  # the stage before' in drill_config
+    drilled = [json.loads(line) for line in (runs / "drill-data" / "records.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in drilled} == {1, 2} and {r["task"] for r in drilled} == {
+        f"drill-{i:04d}" for i in range(8)
+    }
+    assert all(r["mode"] == "off" for r in drilled if not r.get("intent"))  # direct answers, no random mode
     sft_config = (runs / "sft" / "config.toml").read_text()
-    assert f'model = "{runs / "distill" / "final"}"  # the stage before' in sft_config
+    assert f'model = "{runs / "drill" / "final"}"  # the stage before' in sft_config
     assert f'data = "{runs / "data"}"  # the stage before' in sft_config
     assert f"max_steps = 2  # {recipe}" in sft_config
     assert (runs / "distill" / "final" / "mtp.safetensors").is_file() and (runs / "sft" / "final").is_dir()
@@ -90,8 +106,14 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[train]\nx = 1\n", "unknown table [train]"),
         ("[run]\nmodel = 'x'\n", "has no stage"),
         ("[sft]\nbogus = 1\n", "unknown key 'bogus'"),
-        ("[distill]\nmethod = 'lora'\n[sft]\n", "LoRA distill stage hands SFT an adapter"),
-        ("[sft]\n[rl]\n", "LoRA sft stage hands RL an adapter"),
+        ("[distill]\nmethod = 'lora'\n[sft]\n", "LoRA distill stage hands [sft] an adapter"),
+        ("[sft]\n[rl]\n", "LoRA sft stage hands [rl] an adapter"),
+        ("[drill]\ncount = 5\n[sft]\n", "LoRA drill stage hands [sft] an adapter"),
+        ("[drill]\nlevels = '1'\n", "[drill] count must be a whole number"),
+        ("[drill]\ncount = 5\nlevels = '1,7'\n", "are not distinct operation counts from 1 to 6"),
+        ("[drill]\ncount = 5\nlevels = 'one'\n", "drill levels 'one' are not numbers"),
+        ("[data]\nspan = 1\n[drill]\ncount = 5\nlevels = '1,2'\n", "beyond [data] span = 1"),
+        ("[drill]\ncount = 5\nbogus = 1\n", "unknown key 'bogus'"),
         ("[rl]\nloss_type = 'ppo'\n", "loss_type must be one of"),
         ("[data\n", "cannot read the recipe"),
     ],

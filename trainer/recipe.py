@@ -4,6 +4,7 @@
     model = "..."             the student every stage starts from unless its own table says otherwise
     [data]                    `katpilot train data`'s knobs          -> OUT/data
     [distill]                 `katpilot train distill`'s knobs       -> OUT/distill
+    [drill]                   count, levels + `train sft`'s knobs    -> OUT/drill-data, OUT/drill
     [sft]                     `katpilot train sft`'s knobs           -> OUT/sft
     [rl]                      `katpilot train rl`'s knobs            -> OUT/rl
     [quant]                   type, imatrix, calibration             -> OUT/quant/NAME.gguf
@@ -13,9 +14,12 @@
 
 Only the tables present run, always in that order. Chaining: the data stage's directory is the
 default `data` of every later stage; each training stage's final model is the default `model` of the
-next (distill -> SFT -> RL), the last one is what [quant] exports, and the export is what [eval]
+next (distill -> drill -> SFT -> RL), the last one is what [quant] exports, and the export is what [eval]
 measures, against the model the recipe started from (`baseline`; a Hugging Face directory is exported
 first, with [quant]'s type, to OUT/quant/baseline).
+[drill] is a first SFT phase on direct answers alone: `count` ladder problems with `levels`
+operations (in turn), answered think-off by the programmatic teacher, before [sft] teaches the mode
+labels on the data stage's records (docs/recipe.md: mixed into one SFT, the drill drowns the modes).
 A stage whose final model is already there (and whose settings are unchanged: the run directory
 refuses a change) is skipped; a stage cut short resumes from its last checkpoint; the data stage and
 the evaluation resume by themselves; an export is redone only when its model changed, an evaluation
@@ -24,6 +28,7 @@ only when its GGUF or its settings did (`recipe_stages`). OUT/report.md gathers 
 
 from __future__ import annotations
 
+import itertools
 import time
 import tomllib
 from collections.abc import Callable
@@ -33,12 +38,13 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 
-STAGES = ("data", "distill", "sft", "rl", "quant", "eval")
-TRAINING = ("distill", "sft", "rl")
+STAGES = ("data", "distill", "drill", "sft", "rl", "quant", "eval")
+TRAINING = ("distill", "drill", "sft", "rl")
+DRILL_KEYS = {"count", "levels"}  # the drill's problems; the rest of [drill] is SFT's
 RUN_KEYS = {"out", "model", "name"}
 REPORT_FILE = "report.md"
 DATA_KEYS = {
-    "repo", "tasks", "teacher", "critic", "prompts", "limit", "drill", "jobs", "span",
+    "repo", "tasks", "teacher", "critic", "prompts", "limit", "drill", "drill_levels", "jobs", "span",
     "votes", "margin", "random_share", "intent_share", "retries", "seed",
 }  # fmt: skip
 
@@ -102,8 +108,34 @@ def _check_tables(recipe: dict[str, Any]) -> None:
                 raise KatpilotError(
                     f"[data] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(DATA_KEYS))}"
                 )
+        elif stage == "drill":
+            _drill_problems(table, recipe.get("data", {}))
+            resolve(None, stage, _without(table, DRILL_KEYS), schema=_schema(stage))
         else:
             resolve(None, stage, table, schema=_schema(stage))
+
+
+def _without(table: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k not in keys}
+
+
+def _drill_problems(table: dict[str, Any], data: dict[str, Any]) -> tuple[int, tuple[int, ...], int]:
+    """[drill]'s count and levels, checked, and the teacher's span that answers them directly."""
+    from trainer.data.sources import drill_tasks, parse_levels
+    from trainer.data.teachers import DEFAULT_SPAN
+
+    count = table.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise KatpilotError(f"[drill] count must be a whole number of problems, not {count!r}", "write count = 4800")
+    levels = parse_levels(str(table.get("levels", "1")))
+    drill_tasks(0, levels=levels)  # checks the levels
+    span = int(data.get("span", DEFAULT_SPAN))
+    if max(levels) > span:
+        raise KatpilotError(
+            f"[drill] levels reach {max(levels)} operations, beyond [data] span = {span} (answered directly)",
+            f"drill levels up to {span}, or raise the span",
+        )
+    return count, levels, span
 
 
 def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, out: Path | None = None) -> RecipeResult:
@@ -118,11 +150,12 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
     else:
         root = path.with_suffix("")
     result = RecipeResult(root)
-    for before, after, name in (("distill", "sft", "SFT"), ("sft", "rl", "RL")):
-        table = recipe.get(before, {})
-        if before in recipe and after in recipe and table.get("method", "lora") == "lora" and not table.get("merge"):
+    trained = [stage for stage in TRAINING if stage in recipe]
+    for before, after in itertools.pairwise(trained):
+        table = recipe[before]
+        if table.get("method", "lora") == "lora" and not table.get("merge"):
             raise KatpilotError(
-                f"{path}: a LoRA {before} stage hands {name} an adapter, not a model",
+                f"{path}: a LoRA {before} stage hands [{after}] an adapter, not a model",
                 f'set merge = true in [{before}] (or method = "full")',
             )
     data_dir: Path | None = None
@@ -161,7 +194,10 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
             chained = {}
             if model and "model" not in table:
                 chained["model"] = model
-            if data_dir is not None and "data" not in table:
+            if stage == "drill":
+                table = _without(table, DRILL_KEYS)
+                chained["data"] = str(_drill_data(recipe, root / "drill-data", settings, echo))
+            elif data_dir is not None and "data" not in table:
                 chained["data"] = str(data_dir)
             summary, skipped, final = _training_stage(stage, table, chained, stage_out, path, settings, echo)
             model = str(final)
@@ -195,7 +231,7 @@ def _baseline(
 def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, bool]:
     from trainer.data.builder import DataOptions
     from trainer.data.command import DataRun, run_data
-    from trainer.data.sources import parse_kinds
+    from trainer.data.sources import parse_kinds, parse_levels
 
     option_keys = ("votes", "margin", "random_share", "intent_share", "retries", "seed")
     options = DataOptions(**{k: table[k] for k in option_keys if k in table})
@@ -208,12 +244,26 @@ def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, b
         prompts=Path(table["prompts"]).expanduser() if table.get("prompts") else None,
         limit=table.get("limit"),
         drill=int(table.get("drill", 0)),
+        drill_levels=parse_levels(str(table.get("drill_levels", "1"))),
         jobs=int(table.get("jobs", 1)),
         options=options,
         **({"span": int(table["span"])} if "span" in table else {}),
     )
     summary = run_data(settings, run)
     return f"{summary.records} records from {summary.tasks} tasks", summary.ran == 0
+
+
+def _drill_data(recipe: dict[str, Any], out: Path, settings: Any, echo: Callable[[str], None]) -> Path:
+    """[drill]'s problems as a dataset of their own (resumable like the data stage), all think-off."""
+    from trainer.data.builder import DataOptions
+    from trainer.data.command import DataRun, run_data
+
+    count, levels, span = _drill_problems(recipe["drill"], recipe.get("data", {}))
+    seed = int(recipe.get("data", {}).get("seed", 0))
+    options = DataOptions(random_share=0.0, seed=seed)  # no random mode: the drill is direct answers only
+    built = run_data(settings, DataRun(out=out, kinds=(), drill=count, drill_levels=levels, span=span, options=options))
+    echo(f"katpilot: drill data {out}: {built.records} records ({built.think_on} think-on)")
+    return out
 
 
 def _training_stage(
@@ -236,7 +286,7 @@ def _training_stage(
     final = out / run_dir.FINAL
     merged = final / "merged"
     if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
-        run_dir.prepare(out, resolved, stage)  # refuses changed settings
+        run_dir.prepare(out, resolved, "sft" if stage == "drill" else stage)  # refuses changed settings
         done = merged if resolved.config.method == "lora" and resolved.config.merge else final
         return "final model already there", True, done
     if stage == "distill":

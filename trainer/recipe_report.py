@@ -96,7 +96,7 @@ def write_recipe_report(path: Path, recipe: Path, result: Any) -> Path:
     for stage in result.stages:
         report = stage.out / run_dir.REPORT_FILE
         plot = stage.out / run_dir.PLOT_FILE
-        if stage.name in ("distill", "sft", "rl") and report.is_file():
+        if stage.name in ("distill", "drill", "sft", "rl") and report.is_file():
             lines += [f"## {stage.name}", "", f"[report]({_rel(report, root)})", ""]
             if plot.is_file():
                 lines += [f"![{stage.name} curves]({_rel(plot, root)})", ""]

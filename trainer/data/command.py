@@ -41,7 +41,8 @@ class DataRun:
     critic: str = SAME_AS_TEACHER  # "teacher", "none", or another model
     prompts: Path | None = None
     limit: int | None = None
-    drill: int = 0  # one-step arithmetic problems added after `limit` (sources.drill_tasks)
+    drill: int = 0  # arithmetic problems added after `limit` (sources.drill_tasks)
+    drill_levels: tuple[int, ...] = (1,)  # their operation counts, in turn
     jobs: int = 1
     span: int = DEFAULT_SPAN  # the programmatic teacher's direct-answer span
     options: DataOptions = field(default_factory=DataOptions)
@@ -76,7 +77,15 @@ def run_data(
         raise KatpilotError("--limit must be at least 1", "give how many tasks to run")
     if run.repo is not None and not run.repo.is_dir():
         raise KatpilotError(f"{run.repo} is not a directory", "give the repository's root directory")
-    tasks = collect_tasks(run.repo, run.kinds, run.prompts, seed=run.options.seed, limit=run.limit, drill=run.drill)
+    tasks = collect_tasks(
+        run.repo,
+        run.kinds,
+        run.prompts,
+        seed=run.options.seed,
+        limit=run.limit,
+        drill=run.drill,
+        drill_levels=run.drill_levels,
+    )
     if not tasks:
         raise KatpilotError("no tasks were found", "give a repository with functions, or other --tasks")
     programmatic = ProgrammaticTeacher(run.span)  # the arithmetic ladder is always computed
@@ -176,6 +185,7 @@ def _fingerprint(
         "profile": profile_for(engines[0], settings).name if engines else None,
         "critic": first.critic.name if first.critic else None,
         "span": run.span,
+        **({"drill_levels": list(run.drill_levels)} if run.drill_levels != (1,) else {}),  # ids say no level
         **asdict(run.options),
         **({"sampling": asdict(sampling_params(settings))} if engines else {}),
         "system_prompt": settings.system_prompt if engines else None,

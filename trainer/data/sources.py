@@ -5,9 +5,9 @@ kind. The arithmetic ladder is drawn with seeds from `ARITHMETIC_SEED_OFFSET` on
 holds the items `katpilot eval --suite arithmetic` measures (seeds below it). The code suite has no
 such split: training on it means `katpilot eval --suite code` is no longer held out.
 
-`drill` adds one-operation ladder problems after the cut, from seeds of their own: a small model
-answers one-step problems directly only after thousands of examples (docs/recipe.md measured it),
-far more than the ladder's share of a dataset holds.
+`drill` adds ladder problems of few operations (one, by default) after the cut, from seeds of their
+own: a small model answers even one-step problems directly only after thousands of examples
+(docs/recipe.md measured it), far more than the ladder's share of a dataset holds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from trainer.data.tasks import ALL_KINDS, REPO_KINDS, Task, encodable
 
 ARITHMETIC_SEED_OFFSET = 10_000
 ARITHMETIC_SIZE = 600  # a hundred problems per level
-DRILL_SEED_OFFSET = 20_000  # the drill's one-step problems: neither the data's ladder nor the eval's
+DRILL_SEED_OFFSET = 20_000  # the drill's problems: neither the data's ladder nor the eval's
 PROMPT_VERIFIERS = ("exact", "numeric", "mentions", "similar")
 
 
@@ -53,9 +53,10 @@ def collect_tasks(
     seed: int = 0,
     limit: int | None = None,
     drill: int = 0,
+    drill_levels: Sequence[int] = (1,),
 ) -> list[Task]:
     """Every task of the kinds asked for, interleaved by kind, the first `limit` of them, then `drill` more."""
-    drilled = drill_tasks(drill, seed)  # first: a bad --drill fails before the repository is mined
+    drilled = drill_tasks(drill, seed, drill_levels)  # first: a bad --drill fails before the repository is mined
     by_kind: dict[str, list[Task]] = {}
     repo_kinds = [k for k in kinds if k in REPO_KINDS]
     if repo_kinds:
@@ -83,18 +84,35 @@ def collect_tasks(
     return (interleaved[:limit] if limit else interleaved) + drilled
 
 
-def drill_tasks(count: int, seed: int = 0) -> list[Task]:
-    """`count` one-operation arithmetic problems, ids drill-0000, ... (item i is the same for any count)."""
-    if count < 0:
-        raise KatpilotError("--drill must be 0 or more", "give how many one-step problems to add")
-    if count == 0:
-        return []
+def drill_tasks(count: int, seed: int = 0, levels: Sequence[int] = (1,)) -> list[Task]:
+    """`count` ladder problems of the given operation counts, taken in turn, ids drill-0000, ...
+
+    Item i is the same for any count (and the same levels)."""
     from katpilot.eval.suites.arithmetic import LEVELS, arithmetic_ladder
 
-    one_step = [item for item in arithmetic_ladder(DRILL_SEED_OFFSET + seed, LEVELS * count) if item.level == 1]
+    if count < 0:
+        raise KatpilotError("--drill must be 0 or more", "give how many problems to add")
+    if not levels or any(not 1 <= level <= LEVELS for level in levels) or len(set(levels)) != len(levels):
+        raise KatpilotError(
+            f"the drill's levels {list(levels)} are not distinct operation counts from 1 to {LEVELS}",
+            'give levels such as "1,2"',
+        )
+    if count == 0:
+        return []
+    rounds = -(-count // len(levels))
+    ladder = arithmetic_ladder(DRILL_SEED_OFFSET + seed, LEVELS * rounds)  # item i has 1 + i % LEVELS steps
+    picked = [ladder[LEVELS * (i // len(levels)) + levels[i % len(levels)] - 1] for i in range(count)]
     return [
-        _suite_task(replace(item, id=f"drill-{i:04d}"), "arithmetic", item.expected) for i, item in enumerate(one_step)
+        _suite_task(replace(item, id=f"drill-{i:04d}"), "arithmetic", item.expected) for i, item in enumerate(picked)
     ]
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """ "1,2" -> (1, 2): the drill's operation counts."""
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise KatpilotError(f"drill levels {text!r} are not numbers", 'give levels such as "1,2"') from None
 
 
 def load_prompts(path: Path) -> list[Task]:

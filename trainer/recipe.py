@@ -254,7 +254,8 @@ def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, b
 
 
 def _drill_data(recipe: dict[str, Any], out: Path, settings: Any, echo: Callable[[str], None]) -> Path:
-    """[drill]'s problems as a dataset of their own (resumable like the data stage), all think-off."""
+    """[drill]'s problems as a dataset of their own (resumable like the data stage): think-off answers,
+    but for the share (`intent_share`) that also carries a user's request to think or not."""
     from trainer.data.builder import DataOptions
     from trainer.data.command import DataRun, run_data
 

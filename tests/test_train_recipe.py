@@ -114,6 +114,7 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[drill]\ncount = 5\nlevels = 'one'\n", "drill levels 'one' are not numbers"),
         ("[data]\nspan = 1\n[drill]\ncount = 5\nlevels = '1,2'\n", "beyond [data] span = 1"),
         ("[drill]\ncount = 5\nbogus = 1\n", "unknown key 'bogus'"),
+        ("[drill]\ncount = 5\ndata = 'mine'\n", "[drill] builds its own data"),
         ("[rl]\nloss_type = 'ppo'\n", "loss_type must be one of"),
         ("[data\n", "cannot read the recipe"),
     ],

@@ -109,6 +109,8 @@ def _check_tables(recipe: dict[str, Any]) -> None:
                     f"[data] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(DATA_KEYS))}"
                 )
         elif stage == "drill":
+            if "data" in table:
+                raise KatpilotError("[drill] builds its own data (count, levels)", "remove data = ... from [drill]")
             _drill_problems(table, recipe.get("data", {}))
             resolve(None, stage, _without(table, DRILL_KEYS), schema=_schema(stage))
         else:

@@ -23,11 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from katpilot import config as config_mod
-from katpilot.models import embedded_model_path
-from trainer.data.command import DataRun, run_data
-
 ROOT = Path(__file__).resolve().parent.parent
+# Run as `python bench/train.py`, bench/ comes first on sys.path and its quant.py would hide the
+# quant package the trainer imports: the repository root goes first instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from katpilot import config as config_mod  # noqa: E402
+from katpilot.models import embedded_model_path  # noqa: E402
+from trainer.data.command import DataRun, run_data  # noqa: E402
 
 
 def step_timer():

@@ -72,6 +72,41 @@ def test_labels_cover_the_answer_only(tiny: Path, arithmetic_data: Path) -> None
     assert tokenize_chat(tokenizer, chat, SYSTEM, 8) is None  # too long: skipped, not cut
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_answer_only_loss_is_the_models_own_loss_and_gradient(tiny: Path, arithmetic_data: Path, method: str) -> None:
+    from transformers import DataCollatorForSeq2Seq
+
+    from trainer.losses.answer_ce import answer_only_loss
+    from trainer.sft import with_lora
+
+    model, tokenizer = load_student(tiny)
+    added = add_autothink_tokens(model, tokenizer)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    if method == "lora":
+        model = with_lora(model, SFTConfig(method="lora"), added)
+    model.eval()  # no dropout: both losses see the same network
+    rows = [tokenize_chat(tokenizer, chat, SYSTEM, 1024) for chat in load_chats(arithmetic_data)[:6]]
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)(rows)
+    lengths = {len(r["input_ids"]) for r in rows}
+    assert len(lengths) > 1  # padding is in the batch: padded positions must not count
+
+    def loss_and_grads(compute) -> tuple[float, list]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    theirs, their_grads = loss_and_grads(lambda: model(**batch).loss)
+    ours, our_grads = loss_and_grads(lambda: answer_only_loss(model, batch)[0])
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    counted = int((batch["labels"][:, 1:] != IGNORE).sum())
+    summed, count = answer_only_loss(model, batch, num_items_in_batch=2 * counted)
+    # divided by the count over the whole accumulated batch (here twice this one's): half the mean
+    assert count == counted and summed.item() == pytest.approx(theirs / 2, rel=1e-5)
+
+
 def test_bad_data_is_one_line_naming_record_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(

@@ -94,6 +94,29 @@ def test_statistics_of_a_scripted_stream_of_results(tmp_path: Path) -> None:
     assert on.mean_segment_tokens == {"judge": 0, "think": 6.5, "answer": 6.5, "other": 0}
 
 
+def test_a_plain_models_auto_is_its_off_response_generated_once(tmp_path: Path) -> None:
+    """No decision point and the same prompt: auto at every threshold reuses off's response."""
+    suite = gsm8k_file(tmp_path / "q.jsonl", {q: str(i) for i, q in enumerate(REPLIES)})
+    options = EvalOptions(suite=str(suite), modes=("auto", "on", "off"), thresholds=(0.3, 0.6), out=tmp_path / "out")
+    engine = ReplyEngine(REPLIES)
+    results, _ = run_eval(kat_settings(profile="plain"), options, engines=[engine])
+    assert results.counts.generated == 2 * 10  # on and off; auto never generates
+    assert engine.streams == 10 + 2 * 10  # off once per item, on twice (the session closes its think block)
+    assert results.counts.reused == 2 * 10
+    by = {(r.item, r.condition): r for r in results.records}
+    for item in {r.item for r in results.records}:
+        off = by[(item, "off")]
+        for auto in (by[(item, "auto@0.3")], by[(item, "auto@0.6")]):
+            assert (auto.answer, auto.passed, auto.tokens, auto.mode) == (off.answer, off.passed, off.tokens, "off")
+            assert (auto.decided_by, auto.p_on, auto.reused_from, auto.think) == ("none", None, "off", "auto")
+    assert results.summary("auto@0.3").accuracy == results.summary("off").accuracy == 0.8
+    # without off among the modes, auto generates as before
+    alone = ReplyEngine(REPLIES)
+    options = EvalOptions(suite=str(suite), modes=("auto",), out=tmp_path / "alone")
+    results, _ = run_eval(kat_settings(profile="plain"), options, engines=[alone])
+    assert alone.streams == 10 and {r.decided_by for r in results.records} == {"none"}
+
+
 def test_one_item_decided_without_p_on_leaves_the_sweep_available(tmp_path: Path) -> None:
     """Only an engine that gives no p(on) anywhere makes the sweep unavailable; one odd item is counted."""
 

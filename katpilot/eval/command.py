@@ -146,7 +146,7 @@ def run_eval(
         try:
             if journal.resumed:
                 echo(f"katpilot: resuming {out}: {journal.resumed} record(s) already done")
-            runner = EvalRunner(engines, settings, controls, sampling, journal, conditions)
+            runner = EvalRunner(engines, settings, controls, sampling, journal, conditions, profile)
             with progress_bar(show_progress, f"{suite.name}") as progress:
                 counts = runner.run(items, progress)
         finally:

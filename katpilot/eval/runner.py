@@ -12,6 +12,8 @@ to: mode = on when p(on) >= threshold. So:
    scoring, whatever the sweep's size (a resumed run scores an unfinished item again).
 A response that never reached a decision point (a plain model, or one that ended inside its judge)
 or where the engine gave no p(on) (a server without logprobs) is the same at every threshold.
+On a profile with no decision point whose auto prompt is its off prompt (a plain model), auto is
+off with nobody deciding: the off response is reused for every threshold (`reused_from` "off").
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from katpilot.errors import ContextOverflowError, KatpilotError
 from katpilot.eval.items import EvalItem, grade
 from katpilot.eval.records import Record, RunJournal
 from katpilot.models import new_session
+from katpilot.profiles import Profile
 from katpilot.session import Response, ThinkControls
 from katpilot.terms import ThinkMode
 
@@ -137,8 +140,13 @@ class EvalRunner:
         sampling: SamplingParams,
         journal: RunJournal,
         conditions: Sequence[Condition],
+        profile: Profile | None = None,
     ) -> None:
         self.engines = [ScoreMemo(e) for e in engines]
+        # auto asks exactly what off asks and nothing decides in between: one generation serves both
+        self.auto_is_off = (
+            profile is not None and profile.decision == "none" and profile.prefill_auto == profile.prefill_off
+        )
         self.settings = settings
         self.controls = controls
         self.sampling = sampling
@@ -216,6 +224,10 @@ class EvalRunner:
                 self._count(skipped=1)
                 continue
             assert condition.threshold is not None
+            off = self.journal.get(item.id, "off") if self.auto_is_off else None
+            if off is not None and off.finish_reason != "context":
+                self._keep(_undecided(off, condition), reused=True)
+                continue
             earlier = [r for r in self.journal.for_item(item.id) if r.think == "auto"]
             source = next(
                 (
@@ -294,6 +306,12 @@ def _reused(source: Record, condition: Condition) -> Record:
     """The source's response and verdict, filed under another threshold that decides the same."""
     data = source.to_json() | {"condition": condition.label, "threshold": condition.threshold}
     return Record.from_json(data | {"reused_from": source.condition})
+
+
+def _undecided(off: Record, condition: Condition) -> Record:
+    """A plain model's off response filed as its auto response: the same text, decided by nobody."""
+    data = off.to_json() | {"condition": condition.label, "think": "auto", "threshold": condition.threshold}
+    return Record.from_json(data | {"decided_by": "none", "p_on": None, "reused_from": "off"})
 
 
 def _failed(item: EvalItem, condition: Condition, reason: str) -> Record:

@@ -504,7 +504,7 @@ def train_data(
     ] = "repo",
     votes: Annotated[int, typer.Option(help="Answers per mode and task (K).")] = 2,
     limit: Annotated[int | None, typer.Option(help="The first N tasks only (kinds interleaved).")] = None,
-    drill: Annotated[int, typer.Option(help="Add N one-step arithmetic problems (direct-answer practice).")] = 0,
+    drill: Annotated[int, typer.Option(help="Add N arithmetic problems answered directly (practice).")] = 0,
     drill_levels: Annotated[str, typer.Option(help="The drill's operation counts, taken in turn: 1,2.")] = "1",
     jobs: Annotated[int, typer.Option(help="Parallel teacher requests (remote servers).")] = 1,
     prompts: Annotated[Path | None, typer.Option(help="Your own prompts: JSONL with prompt (and answer).")] = None,

@@ -25,7 +25,7 @@ from katpilot.eval.items import grade
 from katpilot.eval.suites.arithmetic import arithmetic_ladder
 from trainer.data.builder import INTENT_TEXT, RECORDS_FILE, STATE_DIR, TASKS_FILE, DataJournal, DataOptions, Outcome
 from trainer.data.command import CARD_FILE, DataRun, run_data
-from trainer.data.sources import drill_tasks, load_prompts, parse_kinds
+from trainer.data.sources import drill_tasks, load_prompts, parse_kinds, parse_levels
 from trainer.data.tagging import choose_mode, rule_mode
 from trainer.data.tasks import REPO_KINDS
 
@@ -147,6 +147,7 @@ def test_drill_levels_alternate_and_a_level_outside_the_ladder_is_refused() -> N
     for bad in ((), (0,), (7,), (2, 2)):
         with pytest.raises(KatpilotError, match="not distinct operation counts"):
             drill_tasks(3, levels=bad)
+    assert parse_levels("1, 2") == parse_levels([1, 2]) == (1, 2)  # a flag's text or a recipe's TOML array
 
 
 # -- the embedded model as a real teacher on a fixture repository ---------------------------------

@@ -112,6 +112,8 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[drill]\nlevels = '1'\n", "[drill] count must be a whole number"),
         ("[drill]\ncount = 5\nlevels = '1,7'\n", "are not distinct operation counts from 1 to 6"),
         ("[drill]\ncount = 5\nlevels = 'one'\n", "drill levels 'one' are not numbers"),
+        ("[drill]\ncount = 5\nlevels = [1, 'two']\n", "drill levels [1, 'two'] are not whole numbers"),
+        ("[drill]\ncount = 5\nlevels = [1, 7]\n", "are not distinct operation counts from 1 to 6"),
         ("[data]\nspan = 1\n[drill]\ncount = 5\nlevels = '1,2'\n", "beyond [data] span = 1"),
         ("[drill]\ncount = 5\nbogus = 1\n", "unknown key 'bogus'"),
         ("[drill]\ncount = 5\ndata = 'mine'\n", "[drill] builds its own data"),

@@ -129,7 +129,7 @@ def _drill_problems(table: dict[str, Any], data: dict[str, Any]) -> tuple[int, t
     count = table.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise KatpilotError(f"[drill] count must be a whole number of problems, not {count!r}", "write count = 4800")
-    levels = parse_levels(str(table.get("levels", "1")))
+    levels = parse_levels(table.get("levels", "1"))
     drill_tasks(0, levels=levels)  # checks the levels
     span = int(data.get("span", DEFAULT_SPAN))
     if max(levels) > span:
@@ -246,7 +246,7 @@ def _data_stage(table: dict[str, Any], out: Path, settings: Any) -> tuple[str, b
         prompts=Path(table["prompts"]).expanduser() if table.get("prompts") else None,
         limit=table.get("limit"),
         drill=int(table.get("drill", 0)),
-        drill_levels=parse_levels(str(table.get("drill_levels", "1"))),
+        drill_levels=parse_levels(table.get("drill_levels", "1")),
         jobs=int(table.get("jobs", 1)),
         options=options,
         **({"span": int(table["span"])} if "span" in table else {}),

@@ -107,12 +107,16 @@ def drill_tasks(count: int, seed: int = 0, levels: Sequence[int] = (1,)) -> list
     ]
 
 
-def parse_levels(text: str) -> tuple[int, ...]:
-    """ "1,2" -> (1, 2): the drill's operation counts."""
+def parse_levels(value: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """ "1,2" or [1, 2] (a recipe's TOML array) -> (1, 2): the drill's operation counts."""
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise KatpilotError(f"drill levels {list(value)!r} are not whole numbers", "give levels such as [1, 2]")
     try:
-        return tuple(int(part) for part in str(text).split(",") if part.strip())
+        return tuple(int(part) for part in str(value).split(",") if part.strip())
     except ValueError:
-        raise KatpilotError(f"drill levels {text!r} are not numbers", 'give levels such as "1,2"') from None
+        raise KatpilotError(f"drill levels {value!r} are not numbers", 'give levels such as "1,2"') from None
 
 
 def load_prompts(path: Path) -> list[Task]:

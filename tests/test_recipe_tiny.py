@@ -1,4 +1,4 @@
-"""The tiny AutoThink recipe from scratch (slow: about 70 minutes on 2 cores).
+"""The tiny AutoThink recipe from scratch (slow: about 30 minutes on 2 cores).
 
     pytest -m slow tests/test_recipe_tiny.py -s
 
@@ -31,7 +31,7 @@ CLI = [sys.executable, "-m", "katpilot"]
 @pytest.mark.timeout(7200)
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 20 open: auto mode's accuracy (21.7%) is below always-on's (31.7%), at 59% of its tokens "
+    reason="issue 20 open: auto mode's accuracy (8.3%) is below always-on's (25.0%), at 44% of its tokens "
     "(measured 2026-12-06, docs/recipe.md); strict: remove this mark once it passes",
 )
 def test_the_tiny_recipe_makes_a_model_that_decides_when_to_think(tmp_path: Path) -> None:

@@ -117,6 +117,21 @@ def _check_tables(recipe: dict[str, Any]) -> None:
             resolve(None, stage, table, schema=_schema(stage))
 
 
+def release_memory() -> None:
+    """Hand a finished training stage's memory back to the system: glibc keeps freed memory for reuse
+    instead of returning it, so the recipe's one process carried each stage's peak into the next
+    (measured on the tiny recipe: 13.8 GB resident through the eval, 1.6 GB with this; RL's peak
+    12.2 GB instead of 14.2 GB)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): their allocators return memory by themselves, or keep it
+
+
 def _without(table: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if k not in keys}
 
@@ -203,6 +218,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
                 chained["data"] = str(data_dir)
             summary, skipped, final = _training_stage(stage, table, chained, stage_out, path, settings, echo)
             model = str(final)
+            release_memory()
         result.stages.append(StageResult(stage, stage_out, time.perf_counter() - started, skipped, summary))
         echo(f"katpilot: stage {stage} {'already done' if skipped else 'done'} in {result.stages[-1].seconds:.0f} s")
     from trainer.recipe_report import write_recipe_report

@@ -773,6 +773,10 @@ def quant_export(
         Path, typer.Option(help="The repository the importance matrix is measured on (secrets withheld).")
     ] = Path("."),
     threads: Annotated[int | None, typer.Option(help="Quantizer threads; default: all.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="The model's name in the GGUF (default: the directory's; for a run's final/, the file's)."),
+    ] = None,
 ) -> None:
     """Export a checkpoint (with its MTP heads, or merged with a LoRA) or a LoRA adapter to GGUF."""
     from quant.imatrix import imatrix_for_export
@@ -797,7 +801,9 @@ def quant_export(
                 typer.echo(f"katpilot: {notice}", err=True)
             return found
 
-        return _export(checkpoint, out, type_name, lora=lora, imatrix=matrix, threads=threads, progress=progress)
+        return _export(
+            checkpoint, out, type_name, lora=lora, imatrix=matrix, threads=threads, progress=progress, name=name
+        )
 
     report = _with_bar("export", work)
     for notice in report.notices:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -90,8 +91,11 @@ def export_checkpoint(
     imatrix: Mapping[str, np.ndarray[Any, Any]] | Callable[[], Mapping[str, np.ndarray[Any, Any]] | None] | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    name: str | None = None,
 ) -> ExportReport:
     """Export `checkpoint` (merged with the adapter at `lora`, if given) to `output` as `type_name`;
+    `name` is the model's name in the file (`general.name`, what serving and eval plots show; default
+    `model_name`);
     `imatrix` weights llama.cpp's rounding for the types that use one (`quant.imatrix`); given as a
     function, it is called once the checkpoint has passed every check, so a broken checkpoint is
     refused before minutes of calibration."""
@@ -113,7 +117,8 @@ def export_checkpoint(
     first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
     main_partial = hidden_partial(first)
     main_writer = Writer(main_partial, hp.name)  # metadata, tokenizer checks included, before any byte is written
-    vocab = _main_metadata(main_writer, ckpt, hp, direct, companion.name if companion else None)
+    title = name or model_name(checkpoint, output)
+    vocab = _main_metadata(main_writer, ckpt, title, hp, direct, companion.name if companion else None)
     matrix = imatrix() if callable(imatrix) else imatrix
     report = ExportReport(output, kind, hp.arch, 0, 0, 0.0, "", [], merged_lora=lora)
     main = _main_tensors(ckpt, hp, plans, WRITTEN[direct][0], adapter, report.fallbacks)
@@ -124,7 +129,7 @@ def export_checkpoint(
             partials.append(hidden_partial(companion))
             mtp = [_tensor(ckpt, hp, p, _SOURCE[ckpt.tensors[p.source].dtype], adapter) for p in heads]
             writer = Writer(partials[-1], hp.name)
-            _companion_metadata(writer, ckpt, hp, output.name)
+            _companion_metadata(writer, title, hp, output.name)
             write_gguf(writer, mtp, progress, "mtp heads")
         partials.append(main_partial)
         write_gguf(main_writer, main, progress, "export")
@@ -212,10 +217,16 @@ def _tensor(ckpt: Checkpoint, hp: Hyper, plan: TensorPlan, qtype: Q, adapter: Ad
     return OutTensor(plan.gguf_name, qtype, plan.shape, blocks)
 
 
+def model_name(checkpoint: Path, output: Path) -> str:
+    """The checkpoint directory's name, as llama.cpp's converter takes it; a training run's `final` or
+    `checkpoint-N` says nothing about the model, so the output file's name stands in for those."""
+    return output.stem if re.fullmatch(r"final|checkpoint-\d+", checkpoint.name) else checkpoint.name
+
+
 def _main_metadata(
-    writer: gguf.GGUFWriter, ckpt: Checkpoint, hp: Hyper, direct: str, companion: str | None
+    writer: gguf.GGUFWriter, ckpt: Checkpoint, name: str, hp: Hyper, direct: str, companion: str | None
 ) -> VocabSummary:
-    writer.add_name(ckpt.path.name)
+    writer.add_name(name)
     writer.add_type(gguf.GGUFType.MODEL)
     add_hyperparameters(writer, hp, hp.blocks)
     writer.add_file_type(WRITTEN[direct][1])
@@ -228,9 +239,9 @@ def _main_metadata(
     return summary
 
 
-def _companion_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, hp: Hyper, main: str) -> None:
+def _companion_metadata(writer: gguf.GGUFWriter, name: str, hp: Hyper, main: str) -> None:
     """llama.cpp's MTP layout: block_count includes the MTP blocks, nextn_predict_layers counts them."""
-    writer.add_name(ckpt.path.name)
+    writer.add_name(name)
     writer.add_type("mtp")
     add_hyperparameters(writer, hp, hp.blocks + hp.mtp_blocks)
     writer.add_nextn_predict_layers(hp.mtp_blocks)

@@ -339,3 +339,17 @@ def test_q8_0_keeps_norms_f32_when_rows_do_not_fill_its_blocks(smol_checkpoint: 
     assert types["blk.0.ffn_down.weight"] == "Q8_0"  # its rows are 128 wide
     sequences = [[1, 504, 3287, 17, 12, 7, 99]]
     assert float(np.abs(logits_hf(ckpt, sequences)[0] - logits_llama(out, sequences)[0]).max()) < 0.1
+
+
+def test_the_model_is_named_after_its_directory_or_file_or_as_asked(smol_checkpoint: Path, tmp_path: Path) -> None:
+    """general.name is what serving shows and eval plots title: a trainer's `final/` names nothing."""
+    from katpilot.gguf_file import read_gguf
+
+    named = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "tiny-coder")
+    final = tiny_checkpoint("llama", smol_checkpoint, tmp_path / "run" / "final")
+    export_checkpoint(named, tmp_path / "a.gguf", "f16")
+    export_checkpoint(final, tmp_path / "my-sft.gguf", "f16")
+    export_checkpoint(final, tmp_path / "b.gguf", "f16", name="tiny-autothink")
+    assert read_gguf(tmp_path / "a.gguf").name == "tiny-coder"
+    assert read_gguf(tmp_path / "my-sft.gguf").name == "my-sft"
+    assert read_gguf(tmp_path / "b.gguf").name == "tiny-autothink"

@@ -193,7 +193,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
         elif stage == "quant":
             from trainer.recipe_stages import quant_stage, register
 
-            exported = quant_stage(table, Path(model), stage_out, name, calibration)
+            exported = quant_stage(table, Path(model), stage_out, name, calibration, title=name)
             gguf, summary, skipped = exported.gguf, exported.summary, exported.skipped
             if run.get("name"):
                 registered = register(gguf, name)

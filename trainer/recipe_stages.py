@@ -47,8 +47,11 @@ def check_table(stage: str, table: dict[str, Any]) -> None:
         raise KatpilotError(f"[{stage}] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(known))}")
 
 
-def quant_stage(table: dict[str, Any], model: Path, out: Path, name: str, calibration: Path | None) -> QuantOutcome:
-    """`model` (a checkpoint directory, or a LoRA run's adapter: merged into its base) as OUT/NAME.gguf."""
+def quant_stage(
+    table: dict[str, Any], model: Path, out: Path, name: str, calibration: Path | None, title: str | None = None
+) -> QuantOutcome:
+    """`model` (a checkpoint directory, or a LoRA run's adapter: merged into its base) as OUT/NAME.gguf,
+    named `title` inside (`general.name`; default: the export's own choice, `quant.export.model_name`)."""
     from quant.export import export_checkpoint
     from quant.imatrix import imatrix_for_export
     from quant.lora import adapter_base
@@ -75,7 +78,7 @@ def quant_stage(table: dict[str, Any], model: Path, out: Path, name: str, calibr
         notices.extend([notice] if notice else [])
         return found
 
-    report = export_checkpoint(checkpoint, target, type_name, lora=lora, imatrix=matrix)
+    report = export_checkpoint(checkpoint, target, type_name, lora=lora, imatrix=matrix, name=title)
     stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
     size = target.stat().st_size / 2**20
     heads = f", MTP heads in {report.companion.name}" if report.companion else ", no MTP heads"

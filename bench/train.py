@@ -1,12 +1,14 @@
 """Cold-start SFT speed and memory: ours (`katpilot train sft`) against TRL's `SFTTrainer`, same run.
 
     pip install trl      # only for this comparison
-    python bench/train.py [--steps 8] [--batch 4] [--records 64] [--method full]
+    python bench/train.py [--steps 8] [--batch 4] [--records 64] [--method full] [--precision auto]
 
 Targets (issue 18): training tokens/s of ours / TRL's >= 1.0, and peak memory <= 1.0x TRL's. Both
 train the embedded SmolLM2-135M (from its GGUF, AutoThink tags added) on the same programmatic
 AutoThink records, same batch, learning rate, sequence limit and seed, loss on the answer only (TRL:
-prompt-completion records, `completion_only_loss`). Each runs in its own process (peak RSS is that
+prompt-completion records, `completion_only_loss`), same precision (`--precision`, resolved for
+this machine as the trainer resolves it: bf16 autocast where the CPU has bf16 instructions, else
+fp32; TRL's own default would be bf16 anywhere). Each runs in its own process (peak RSS is that
 process's), one after the other; seconds per step are timed by the same callback in both, first
 step excluded (warm-up), and tokens/s = the records' mean tokens x batch / seconds per step.
 """
@@ -50,18 +52,29 @@ def step_timer():
     return StepTimer()
 
 
-def run_ours(data: Path, out: Path, steps: int, batch: int, method: str) -> list[float]:
+def bf16_here(precision: str) -> bool:
+    """The trainer's resolution of `precision` on this machine, so both sides train alike."""
+    import torch
+
+    from trainer.precision import cpu_has_native_bf16, use_bf16
+
+    gpu = torch.cuda.is_available()
+    return use_bf16(precision, gpu, gpu and torch.cuda.is_bf16_supported(), cpu_has_native_bf16())
+
+
+def run_ours(data: Path, out: Path, steps: int, batch: int, method: str, precision: str) -> list[float]:
     from trainer.config import resolve
     from trainer.sft import run_sft
 
     timer = step_timer()
     flags = {"model": str(embedded_model_path()), "data": str(data), "method": method, "max_steps": steps}
     flags |= {"batch_size": batch, "learning_rate": 5e-5, "save_steps": 10_000, "max_length": 1024}
+    flags |= {"precision": precision}
     run_sft(resolve(None, "sft", flags), out, callbacks=[timer])
     return timer.times
 
 
-def run_trl(data: Path, out: Path, steps: int, batch: int, method: str) -> list[float]:
+def run_trl(data: Path, out: Path, steps: int, batch: int, method: str, precision: str) -> list[float]:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -87,8 +100,8 @@ def run_trl(data: Path, out: Path, steps: int, batch: int, method: str) -> list[
         report_to=[],
         use_cpu=True,
         logging_steps=1,
-        bf16=False,  # TRL turns bf16 and gradient checkpointing on by default; ours trains fp32 without
-        gradient_checkpointing=False,  # them on CPU, so the comparison is like for like
+        bf16=bf16_here(precision),  # TRL's default is bf16 wherever; ours follows the hardware
+        gradient_checkpointing=False,  # TRL's default is on; ours trains without it
     )
     lora = LoraConfig(
         r=16,
@@ -111,8 +124,8 @@ def run_trl(data: Path, out: Path, steps: int, batch: int, method: str) -> list[
     return timer.times
 
 
-def child(which: str, data: Path, out: Path, steps: int, batch: int, method: str) -> None:
-    times = (run_ours if which == "ours" else run_trl)(data, out, steps, batch, method)
+def child(which: str, data: Path, out: Path, steps: int, batch: int, method: str, precision: str) -> None:
+    times = (run_ours if which == "ours" else run_trl)(data, out, steps, batch, method, precision)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("RESULT " + json.dumps({"times": times, "peak": peak}))
 
@@ -123,12 +136,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--method", choices=("full", "lora"), default="full")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--child", choices=("ours", "trl"))
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.data, args.out, args.steps, args.batch, args.method)
+        child(args.child, args.data, args.out, args.steps, args.batch, args.method, args.precision)
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -140,6 +154,7 @@ def main() -> None:
         for which in ("ours", "trl"):
             cmd = [sys.executable, __file__, "--child", which, "--data", str(data), "--out", str(Path(tmp) / which)]
             cmd += ["--steps", str(args.steps), "--batch", str(args.batch), "--method", args.method]
+            cmd += ["--precision", args.precision]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -148,8 +163,10 @@ def main() -> None:
         chats = load_chats(data)
         mean_chars = statistics.mean(sum(len(m["content"]) for m in c) for c in chats)
     per_step = {k: statistics.mean(v["times"][1:]) for k, v in results.items()}
+    kind = "bf16 autocast" if bf16_here(args.precision) else "fp32"
     print(
-        f"{args.records} records (~{mean_chars:.0f} characters each), batch {args.batch}, {args.steps} steps, {args.method}"
+        f"{args.records} records (~{mean_chars:.0f} characters each), batch {args.batch}, {args.steps} steps, "
+        f"{args.method}, {kind} on both sides"
     )
     for which in ("ours", "trl"):
         print(f"{which:<5} {per_step[which]:6.2f} s/step   peak RSS {results[which]['peak'] / 2**30:5.2f} GiB")

@@ -408,6 +408,26 @@ def test_resume_after_a_kill_draws_the_same_rollouts_and_loss(
         assert cut[3][key] == whole[3][key], key  # the RNG, data position and optimizer came back exactly
 
 
+@pytest.mark.timeout(900)
+def test_gradient_checkpointing_is_the_default_and_changes_no_figure(
+    policy: Path, arithmetic_data: Path, tmp_path: Path
+) -> None:
+    """RL recomputes activations in the backward pass unless told not to (memory: bench/rl.py's
+    territory, docs/train-rl.md); the rollouts, loss and gradient are the same either way."""
+    from trainer import run_dir
+    from trainer.rl.train import run_rl
+
+    run_rl(_rl(policy, arithmetic_data, method="lora"), tmp_path / "default")
+    run_rl(_rl(policy, arithmetic_data, method="lora", gradient_checkpointing=False), tmp_path / "kept")
+    assert "gradient_checkpointing = true  # default" in (tmp_path / "default" / run_dir.CONFIG_FILE).read_text()
+    default, kept = run_dir.read_metrics(tmp_path / "default"), run_dir.read_metrics(tmp_path / "kept")
+    assert [r["step"] for r in default] == [r["step"] for r in kept] == [1, 2]
+    for mine, theirs in zip(default, kept, strict=True):
+        assert mine["reward_answer"] == theirs["reward_answer"] and mine["tokens_answer"] == theirs["tokens_answer"]
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4, abs=1e-6)
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3) and mine["grad_norm"] > 0
+
+
 def test_the_command_reports_missing_inputs_and_bad_data_in_one_line(tmp_path: Path) -> None:
     import json
     import subprocess

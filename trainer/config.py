@@ -149,6 +149,9 @@ class RLConfig(SFTConfig):
     label_weight: float = 0.5  # judge reward for agreeing with the dataset's mode label
     mode_weight: float = 1.0  # the decoupled mode-tag loss coefficient; 0: not decoupled
     rollouts: str = "auto"  # transformers, llama.cpp (LoRA on CPU; the adapter exported each step) or auto
+    # On, as in TRL's GRPOConfig: a step's batch is batch_size x generations whole completions, whose
+    # activations dominate memory (the tiny recipe's RL stage: peak RSS 9.9 -> 4.8 GB, 10% slower)
+    gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -108,8 +108,9 @@ def trainable_student(cfg: SFTConfig, fim: bool = False) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.method == "lora":
         model = with_lora(model, cfg, added)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it (the old name warns)
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.enable_input_require_grads()
     return model, tokenizer
 

@@ -152,6 +152,8 @@ def completion_logps(
     attention = torch.cat([prompt_mask, completion_mask], dim=1)
     width = completion_ids.shape[1]
     logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=width + 1).logits
-    logits = logits[:, :-1, :].float() / temperature  # position t predicts token t + 1
+    logits = logits[:, :-1, :].float()  # position t predicts token t + 1
+    if temperature != 1.0:  # a (N, T, vocab) copy: the largest tensor of the step, so only when needed
+        logits = logits / temperature
     chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)

@@ -2,11 +2,14 @@
 
     pip install trl==1.16.0      # only for this comparison (the dev extra has it)
     python bench/rl.py [--steps 5] [--prompts 2] [--generations 4] [--max-new-tokens 64] [--method lora]
+                       [--precision auto] [--no-checkpointing]
 
 Target (issue 19): seconds per completion token of TRL's step / ours >= 1.0. Both train the embedded
 SmolLM2-135M (from its GGUF, AutoThink tags added) on the same arithmetic-ladder prompts with
 serving's system prompt, the same prompts x generations per step, sampling temperature, generation
-length, learning rate, loss (`dapo`, beta 0) and seed; TRL's reward is our verifier on the gate's
+length, learning rate, loss (`dapo`, beta 0), seed, precision (`--precision`, resolved for this
+machine as the trainer resolves it) and gradient checkpointing (on, both libraries' default;
+`--no-checkpointing` turns it off on both sides); TRL's reward is our verifier on the gate's
 answer segment, so both score alike. Each runs in its own process, one after the other; seconds per
 step are timed by the same callback in both, the first step excluded (warm-up). Sampled completions
 differ in length between the two runs, so the ratio is taken per completion token (the step's work
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from katpilot.models import embedded_model_path  # noqa: E402
+from trainer.precision import bf16_here  # noqa: E402
 
 
 def step_timer() -> Any:
@@ -86,6 +90,7 @@ def run_ours(out: Path, a: argparse.Namespace) -> dict[str, Any]:
     flags = {"model": a.model, "data": "arithmetic", "method": a.method, "max_steps": a.steps, "rollouts": rollouts}
     flags |= {"batch_size": a.prompts, "generations": a.generations, "max_new_tokens": a.max_new_tokens}
     flags |= {"learning_rate": 1e-6, "save_steps": 10_000, "temperature": 1.0, "seed": 0}
+    flags |= {"precision": a.precision, "gradient_checkpointing": a.checkpointing}
     run_rl(resolve(None, "rl", flags, schema=RLConfig), out, callbacks=[timer])
     rows = run_dir.read_metrics(out)
     rollouts = a.prompts * a.generations
@@ -131,8 +136,8 @@ def run_trl(out: Path, a: argparse.Namespace) -> dict[str, Any]:
         save_steps=10_000,
         report_to=[],
         use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,  # ours trains without it on CPU: like for like
+        bf16=bf16_here(a.precision),
+        gradient_checkpointing=a.checkpointing,
         logging_steps=1,
     )
     lora = LoraConfig(
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--child", choices=RUNS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model", default=str(embedded_model_path()))
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.child:
         result = (run_trl if args.child == "trl" else run_ours)(args.out, args)
@@ -177,6 +184,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", which, "--out", str(Path(tmp) / which), "--model", args.model]
             cmd += ["--steps", str(args.steps), "--prompts", str(args.prompts), "--generations", str(args.generations)]
             cmd += ["--max-new-tokens", str(args.max_new_tokens), "--method", args.method]
+            cmd += ["--precision", args.precision, "--checkpointing" if args.checkpointing else "--no-checkpointing"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -186,7 +194,9 @@ def main() -> None:
     per_token = {k: sum(v["times"][1:]) / sum(v["tokens"][1:]) for k, v in results.items()}
     print(
         f"{args.prompts} prompts x {args.generations} rollouts of up to {args.max_new_tokens} tokens, "
-        f"{args.steps} steps ({args.steps - 1} timed), {args.method}"
+        f"{args.steps} steps ({args.steps - 1} timed), {args.method}, "
+        f"{'bf16 autocast' if bf16_here(args.precision) else 'fp32'}, "
+        f"gradient checkpointing {'on' if args.checkpointing else 'off'} on every side"
     )
     for which in runs:
         tokens = statistics.mean(results[which]["tokens"][1:])

@@ -33,6 +33,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from katpilot import config as config_mod  # noqa: E402
 from katpilot.models import embedded_model_path  # noqa: E402
 from trainer.data.command import DataRun, run_data  # noqa: E402
+from trainer.precision import bf16_here  # noqa: E402
 
 
 def step_timer():
@@ -50,16 +51,6 @@ def step_timer():
             self.times.append(time.perf_counter() - self._start)
 
     return StepTimer()
-
-
-def bf16_here(precision: str) -> bool:
-    """The trainer's resolution of `precision` on this machine, so both sides train alike."""
-    import torch
-
-    from trainer.precision import cpu_has_native_bf16, use_bf16
-
-    gpu = torch.cuda.is_available()
-    return use_bf16(precision, gpu, gpu and torch.cuda.is_bf16_supported(), cpu_has_native_bf16())
 
 
 def run_ours(data: Path, out: Path, steps: int, batch: int, method: str, precision: str) -> list[float]:

@@ -40,3 +40,11 @@ def use_bf16(precision: str, on_gpu: bool, gpu_has_bf16: bool, cpu_bf16: bool) -
             raise KatpilotError("precision = bf16, but this GPU has no bf16", "set precision = fp32 (or auto)")
         return True
     return gpu_has_bf16 if on_gpu else cpu_bf16
+
+
+def bf16_here(precision: str) -> bool:
+    """`precision` resolved for this machine (its GPU, or its CPU's flags): what a stage trains in."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return use_bf16(precision, gpu, gpu and torch.cuda.is_bf16_supported(), cpu_has_native_bf16())

@@ -22,7 +22,7 @@ from trainer import run_dir
 from trainer.chat_data import forced_variants, load_chats, tokenize_chat
 from trainer.config import Resolved, SFTConfig
 from trainer.model_io import add_autothink_tokens, ensure_fim_tokens, load_student
-from trainer.precision import cpu_has_native_bf16, use_bf16
+from trainer.precision import bf16_here
 from trainer.progress import metrics_callback, replace_default_display
 
 TABLE = "sft"
@@ -121,7 +121,7 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
     from transformers import TrainingArguments
 
     use_gpu = torch.cuda.is_available()
-    bf16 = use_bf16(cfg.precision, use_gpu, use_gpu and torch.cuda.is_bf16_supported(), cpu_has_native_bf16())
+    bf16 = bf16_here(cfg.precision)
     report_to = []
     if cfg.tensorboard:
         if importlib.util.find_spec("tensorboard") is None:

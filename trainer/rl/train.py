@@ -101,8 +101,9 @@ def run_rl(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> RLRe
             started = time.perf_counter()
             if sampler is not None:
                 batch = sampler.generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
-            else:
-                batch = generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
+            else:  # in the loss's precision: accelerate wraps the model's forward in autocast, and
+                with self.accelerator.autocast():  # a PEFT model's generate goes around that forward
+                    batch = generate(policy, tokenizer, inputs, cfg.system_prompt, sampling)
             answer, judge, values = score(inputs, batch, cfg, rewards)
             values["seconds_rollouts"] = time.perf_counter() - started  # sampling and scoring, of the step's time
             answer_adv = group_advantages(answer, cfg.generations, cfg.scale_rewards)

@@ -412,8 +412,8 @@ def test_resume_after_a_kill_draws_the_same_rollouts_and_loss(
 def test_gradient_checkpointing_is_the_default_and_changes_no_figure(
     policy: Path, arithmetic_data: Path, tmp_path: Path
 ) -> None:
-    """RL recomputes activations in the backward pass unless told not to (memory: bench/rl.py's
-    territory, docs/train-rl.md); the rollouts, loss and gradient are the same either way."""
+    """RL recomputes activations in the backward pass unless told not to (the memory it saves is
+    measured in docs/train-rl.md); the rollouts, loss and gradient are the same either way."""
     from trainer import run_dir
     from trainer.rl.train import run_rl
 

@@ -1,4 +1,4 @@
-"""The tiny AutoThink recipe from scratch (slow: about 30 minutes on 2 cores).
+"""The tiny AutoThink recipe from scratch (slow: 30 to 35 minutes on 2 cores).
 
     pytest -m slow tests/test_recipe_tiny.py -s
 

@@ -150,7 +150,7 @@ class RLConfig(SFTConfig):
     mode_weight: float = 1.0  # the decoupled mode-tag loss coefficient; 0: not decoupled
     rollouts: str = "auto"  # transformers, llama.cpp (LoRA on CPU; the adapter exported each step) or auto
     # On, as in TRL's GRPOConfig: a step's batch is batch_size x generations whole completions, whose
-    # activations dominate memory (the tiny recipe's RL stage: peak RSS 9.9 -> 4.8 GB, 10% slower)
+    # activations dominate memory (the tiny recipe's RL stage alone: peak RSS 9.9 -> 5.1 GB, 10% slower)
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from katpilot.models import embedded_model_path  # noqa: E402
+from trainer.config import PRECISIONS  # noqa: E402
 from trainer.precision import bf16_here  # noqa: E402
 
 
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--child", choices=RUNS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model", default=str(embedded_model_path()))
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.child:

@@ -32,6 +32,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from katpilot import config as config_mod  # noqa: E402
 from katpilot.models import embedded_model_path  # noqa: E402
+from trainer.config import PRECISIONS  # noqa: E402
 from trainer.data.command import DataRun, run_data  # noqa: E402
 from trainer.precision import bf16_here  # noqa: E402
 
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--method", choices=("full", "lora"), default="full")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--child", choices=("ours", "trl"))
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)

@@ -76,7 +76,7 @@ def test_labels_cover_the_answer_only(tiny: Path, arithmetic_data: Path) -> None
 def test_answer_only_loss_is_the_models_own_loss_and_gradient(tiny: Path, arithmetic_data: Path, method: str) -> None:
     from transformers import DataCollatorForSeq2Seq
 
-    from trainer.losses.answer_ce import answer_only_loss
+    from trainer.losses.answer_ce import answer_only_forward, answer_only_loss
     from trainer.sft import with_lora
 
     model, tokenizer = load_student(tiny)
@@ -105,6 +105,11 @@ def test_answer_only_loss_is_the_models_own_loss_and_gradient(tiny: Path, arithm
     summed, count = answer_only_loss(model, batch, num_items_in_batch=2 * counted)
     # divided by the count over the whole accumulated batch (here twice this one's): half the mean
     assert count == counted and summed.item() == pytest.approx(theirs / 2, rel=1e-5)
+    # The hidden states (what distill's MTP heads read) are every position's, as the full forward's.
+    with torch.no_grad():
+        _, _, outputs = answer_only_forward(model, batch, output_hidden_states=True)
+        full = model(**batch, output_hidden_states=True)
+    torch.testing.assert_close(outputs.hidden_states[-1], full.hidden_states[-1])
 
 
 def test_bad_data_is_one_line_naming_record_and_field(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def run_distill(
     import torch
     from transformers import Trainer, set_seed
 
+    from trainer.losses.answer_ce import answer_only_forward
     from trainer.losses.uld import align_answer_positions, forward_kl, jsd, uld_loss, uld_loss_topk
     from trainer.mtp import MTPHeads, mtp_lambda, mtp_loss
 
@@ -100,8 +101,11 @@ def run_distill(
             metrics.tokens += int(inputs["attention_mask"].sum())
             aligned = inputs.pop("aligned")
             extra = {k: inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
-            outputs = model(**inputs, output_hidden_states=heads is not None)
-            loss = outputs.loss
+            if cache is None and live is None:  # no teacher: only the labelled positions need logits
+                loss, _, outputs = answer_only_forward(model, inputs, output_hidden_states=heads is not None)
+            else:  # the divergence reads the logits at every aligned position
+                outputs = model(**inputs, output_hidden_states=heads is not None)
+                loss = outputs.loss
             parts: dict[str, float] = {"ce": float(loss.detach())}
             if cache is not None:
                 d = uld_loss_topk(

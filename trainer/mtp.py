@@ -301,12 +301,13 @@ def mtp_loss(
     states = heads(input_ids, hidden, attention_mask, position_ids)
     depth_losses = []
     for k, state in enumerate(states, start=1):
-        logits = heads.logits(state[:, :-1])  # the last position's target lies past the sequence
-        targets = labels[:, k + 1 :].to(logits.device)
-        total = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum().clamp(min=1)
+        targets = labels[:, k + 1 :].to(state.device)  # the last position's target lies past the sequence
+        counted = targets != IGNORE_INDEX
+        # The output head on the counted positions only: a chat's labels are its answer, a fraction of
+        # its tokens, and the 49,152-wide projection of the rest was most of a small model's MTP cost.
+        logits = heads.logits(state[:, :-1][counted])
+        total = F.cross_entropy(logits.float(), targets[counted], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else counted.sum().clamp(min=1)
         depth_losses.append(total / count)
     loss = lam / heads.depth * torch.stack(depth_losses).sum()
     return MTPLoss(loss, [part.detach() for part in depth_losses])

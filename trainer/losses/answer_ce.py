@@ -29,13 +29,28 @@ def labelled_positions(labels: Any) -> Any:
 
 def answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[Any, int]:
     """(loss, labelled tokens) for a causal LM batch with `input_ids`, `attention_mask` and `labels`."""
+    loss, count, _ = answer_only_forward(model, inputs, num_items_in_batch)
+    return loss, count
+
+
+def answer_only_forward(
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, output_hidden_states: bool = False
+) -> tuple[Any, int, Any]:
+    """`answer_only_loss` and the model's outputs (their logits are the labelled positions' only;
+    `output_hidden_states` keeps every position's states, as the MTP heads read them)."""
     import torch.nn.functional as F
 
     labels = inputs["labels"]
     keep = labelled_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep).logits
+    outputs = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        logits_to_keep=keep,
+        output_hidden_states=output_hidden_states,
+    )
+    logits = outputs.logits
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
     count = int(targets.numel())
     divisor = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-    return total / divisor, count
+    return total / divisor, count, outputs

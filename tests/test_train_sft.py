@@ -4,6 +4,7 @@ and (slow) the embedded model learning the AutoThink format and its labelled mod
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,18 @@ def test_answer_only_loss_is_the_models_own_loss_and_gradient(tiny: Path, arithm
         _, _, outputs = answer_only_forward(model, batch, output_hidden_states=True)
         full = model(**batch, output_hidden_states=True)
     torch.testing.assert_close(outputs.hidden_states[-1], full.hidden_states[-1])
+
+
+def test_lora_shows_the_user_no_deprecation_warning_from_the_libraries(tiny: Path) -> None:
+    """peft reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model: a
+    warning about the libraries' own call, printed in the middle of `katpilot train`'s progress."""
+    from trainer.sft import with_lora
+
+    model, _ = load_student(tiny)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with_lora(model, SFTConfig(method="lora"), [])
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
 
 
 def test_bad_data_is_one_line_naming_record_and_field(tmp_path: Path) -> None:

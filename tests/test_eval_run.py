@@ -227,12 +227,21 @@ def test_hostile_answers_fail_their_items_with_a_reason_and_the_run_goes_on(tmp_
     assert time.monotonic() - started < 60
 
 
-def test_local_jobs_run_one_stream_at_a_time_and_say_so(engine: LocalEngine, tmp_path: Path) -> None:
+def test_local_jobs_are_engines_sharing_the_threads(engine: LocalEngine, tmp_path: Path) -> None:
+    """--jobs N locally: N llama.cpp engines, each with its share of the threads, answering N items at
+    once (one stream of a small model leaves cores idle); every item is journaled once."""
+    from katpilot.eval.command import open_engines
+
     said: list[str] = []
-    options = EvalOptions(suite=str(HUMANEVAL), modes=("off",), limit=1, jobs=3, out=tmp_path, plot=False)
-    results, _ = run_eval(settings(max_tokens=8), options, echo=said.append)
-    assert said == ["katpilot: --jobs applies to remote servers; the local engine runs one stream at a time"]
-    assert len(results.records) == 1 and not (tmp_path / "plot.png").exists()
+    with open_engines(settings(n_threads=2), 2, said.append, None) as engines:
+        assert [e.llm.n_threads for e in engines] == [1, 1] and said == []  # type: ignore[attr-defined]
+    with open_engines(settings(n_threads=1), 3, said.append, None) as engines:
+        assert [e.llm.n_threads for e in engines] == [1, 1, 1]  # type: ignore[attr-defined]
+    assert said == ["katpilot: --jobs 3 on 1 thread: each local engine gets one"]
+    options = EvalOptions(suite="arithmetic", modes=("on", "off"), limit=4, jobs=2, out=tmp_path, plot=False)
+    results, _ = run_eval(settings(max_tokens=8, n_threads=2), options)
+    done = sorted((r.item, r.condition) for r in results.records)
+    assert len(done) == 8 and len(set(done)) == 8 and not (tmp_path / "plot.png").exists()
 
 
 def test_serving_imports_neither_eval_nor_matplotlib() -> None:

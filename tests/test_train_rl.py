@@ -334,12 +334,14 @@ def test_a_run_trains_and_writes_its_directory(
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_llama_cpp_rollouts_sample_the_policy_with_its_current_adapter(
-    policy: Path, arithmetic_data: Path, tmp_path: Path
+    policy: Path, arithmetic_data: Path, tmp_path: Path, jobs: int
 ) -> None:
     """The adapter exported this step is the one llama.cpp samples with: near-greedy rollouts follow the
     policy's own argmax (transformers, adapters on) and not the base's (adapters off); the ids come
-    back as the tokenizer's, taken apart by the gate like any rollout."""
+    back as the tokenizer's, taken apart by the gate like any rollout. With two engines sampling at
+    once (`rollout_jobs`), each row still answers its own prompt, in order."""
     import torch
 
     from trainer.chat_data import prompt_text
@@ -359,7 +361,7 @@ def test_llama_cpp_rollouts_sample_the_policy_with_its_current_adapter(
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
     prompts = load_prompts(str(arithmetic_data)).prompts[:2]
-    sampler = LlamaCppSampler(policy, tmp_path, 600)
+    sampler = LlamaCppSampler(policy, tmp_path, 600, jobs)
     batch = sampler.generate(model, tokenizer, prompts, cfg.system_prompt, Sampling(2, 24, temperature=1e-3))
     assert batch.completion_ids.shape[0] == 4 and batch.tokens > 0
     agree = {"on": 0, "off": 0}

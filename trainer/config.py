@@ -149,6 +149,7 @@ class RLConfig(SFTConfig):
     label_weight: float = 0.5  # judge reward for agreeing with the dataset's mode label
     mode_weight: float = 1.0  # the decoupled mode-tag loss coefficient; 0: not decoupled
     rollouts: str = "auto"  # transformers, llama.cpp (LoRA on CPU; the adapter exported each step) or auto
+    rollout_jobs: int = 1  # llama.cpp rollouts at once: engines sharing the threads (as `katpilot eval --jobs`)
     # On, as in TRL's GRPOConfig: a step's batch is batch_size x generations whole completions, whose
     # activations dominate memory (the tiny recipe's RL stage alone: peak RSS 9.9 -> 5.1 GB, 10% slower)
     gradient_checkpointing: bool = True
@@ -168,6 +169,8 @@ class RLConfig(SFTConfig):
             problems.append("epsilon, epsilon_high, beta, format_weight, label_weight and mode_weight must be >= 0")
         if self.rollouts not in ROLLOUTS:
             problems.append(f"rollouts must be one of {', '.join(ROLLOUTS)}, not {self.rollouts!r}")
+        if self.rollout_jobs < 1:
+            problems.append("rollout_jobs must be at least 1")
         if not 0 <= self.judge_margin <= 1:
             problems.append("judge_margin must be within [0, 1]")
         if problems:

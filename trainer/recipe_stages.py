@@ -20,7 +20,7 @@ from typing import Any
 from katpilot.errors import KatpilotError
 
 QUANT_KEYS = {"type", "imatrix", "calibration"}
-EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens", "temperature"}
+EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens", "temperature", "jobs"}
 STAMP_FILE = "stamp.json"
 
 
@@ -45,6 +45,26 @@ def check_table(stage: str, table: dict[str, Any]) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
         raise KatpilotError(f"[{stage}] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(known))}")
+    if stage == "eval":
+        _check_eval_values(table)
+
+
+def _check_eval_values(table: dict[str, Any]) -> None:
+    """[eval]'s values, checked when the recipe is read: not after half an hour of training."""
+    from katpilot.eval.command import parse_modes
+
+    for key, least, example in (("limit", 1, 60), ("max_tokens", 1, 256), ("jobs", 1, 2), ("seed", 0, 0)):
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise KatpilotError(
+                f"[eval] {key} must be a whole number of at least {least}, not {value!r}", f"write {key} = {example}"
+            )
+    temperature = table.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
+        raise KatpilotError(
+            f"[eval] temperature must be a number of at least 0, not {temperature!r}", "write temperature = 0.0"
+        )
+    parse_modes(str(table.get("modes", "auto,on,off")))
 
 
 def quant_stage(
@@ -108,12 +128,14 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
     modes = parse_modes(str(table.get("modes", "auto,on,off")))
     limit = int(table["limit"]) if table.get("limit") is not None else None
     seed = int(table.get("seed", 0))
+    jobs = int(table.get("jobs", 1))  # items at once: local llama.cpp engines sharing the threads
     changes: dict[str, Any] = {"temperature": float(table.get("temperature", 0.0))}
     if table.get("max_tokens") is not None:  # the longest response; a thinking 135M model can ramble
         changes["max_tokens"] = int(table["max_tokens"])
     settings = dataclasses.replace(settings, **changes)
     stat = gguf.stat()
-    stamp = {"table": table, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
+    measured = {k: v for k, v in table.items() if k != "jobs"}  # how many at once changes no figure
+    stamp = {"table": measured, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
     stamp_path = out / STAMP_FILE
     if not stamp_path.is_file() or json.loads(stamp_path.read_text()) != stamp:
         shutil.rmtree(out, ignore_errors=True)
@@ -123,7 +145,7 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
     shown = sys.stderr.isatty()  # the progress bar `katpilot eval` shows
     results, _ = run_eval(
         dataclasses.replace(settings, model=str(gguf)),
-        EvalOptions(suite, modes, limit=limit, out=mine, seed=seed),
+        EvalOptions(suite, modes, limit=limit, out=mine, seed=seed, jobs=jobs),
         show_progress=shown,
     )
     baseline = baseline_out = None
@@ -131,7 +153,7 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
         baseline_out = out / "baseline"
         baseline, _ = run_eval(
             dataclasses.replace(settings, model=spec),
-            EvalOptions(suite, modes, limit=limit, out=baseline_out, seed=seed),
+            EvalOptions(suite, modes, limit=limit, out=baseline_out, seed=seed, jobs=jobs),
             show_progress=shown,
         )
     return EvalOutcome(mine, results, baseline_out, baseline, _eval_summary(results, baseline))

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from katpilot.config import Settings
@@ -181,16 +181,22 @@ def write_outputs(results: EvalResults, out: Path, plot: bool = True) -> None:
 def open_engines(
     settings: Settings, jobs: int, echo: Callable[[str], None], given: Sequence[Engine] | None
 ) -> Iterator[list[Engine]]:
-    """One engine per job for a remote server (each keeps its own connection state); one locally."""
+    """One engine per job: for a remote server each keeps its own connection state; locally each is a
+    llama.cpp instance with its share of the threads. Why several locally: llama.cpp decodes one stream
+    per instance, and one stream of a small model leaves cores idle (SmolLM2-135M on 2 cores: two
+    1-thread engines answered 1.5x the tokens per second of one 2-thread engine, the same texts)."""
     if jobs < 1:
         raise KatpilotError("--jobs must be at least 1", "give how many requests to run at once")
     if given:
         yield list(given)
         return
-    remote = remote_spec(settings.model, settings) is not None
-    if jobs > 1 and not remote:
-        echo("katpilot: --jobs applies to remote servers; the local engine runs one stream at a time")
-        jobs = 1
+    if jobs > 1 and remote_spec(settings.model, settings) is None:
+        from katpilot.engine.local import default_threads
+
+        threads = settings.n_threads or default_threads()
+        if jobs > threads:
+            echo(f"katpilot: --jobs {jobs} on {threads} thread{'s' if threads > 1 else ''}: each local engine gets one")
+        settings = replace(settings, n_threads=max(1, threads // jobs))
     engines: list[Engine] = []
     try:
         for _ in range(jobs):

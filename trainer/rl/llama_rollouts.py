@@ -16,7 +16,9 @@ policy's own log-probabilities.
 from __future__ import annotations
 
 import importlib.util
+import queue
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,15 @@ def unsuitable(model_spec: str, method: str, policy: Any) -> str | None:
 class LlamaCppSampler:
     """Samples a step's rollouts with the policy's current adapter; files live in `workdir`."""
 
-    def __init__(self, base_checkpoint: Path, workdir: Path, n_ctx: int) -> None:
+    def __init__(self, base_checkpoint: Path, workdir: Path, n_ctx: int, jobs: int = 1) -> None:
+        """`jobs`: engines sampling at once, each with its share of the threads (one stream of a small
+        model leaves cores idle: two 1-thread engines sample 1.3-1.5x the tokens of one on 2 cores)."""
         from quant.export import export_checkpoint
 
         self.base_checkpoint = base_checkpoint
         self.workdir = workdir
         self.n_ctx = n_ctx
+        self.jobs = jobs
         workdir.mkdir(parents=True, exist_ok=True)
         self.base_gguf = workdir / "base-f16.gguf"
         if not self.base_gguf.is_file():  # written whole or not at all: a resumed run reuses it
@@ -67,37 +72,56 @@ class LlamaCppSampler:
     ) -> RolloutBatch:
         import torch
 
-        from katpilot.engine.local import LocalEngine
+        from katpilot.engine.local import LocalEngine, default_threads
         from quant.lora import export_adapter
 
         adapter_dir, adapter_gguf = self.workdir / "adapter", self.workdir / "adapter.gguf"
         policy.save_pretrained(str(adapter_dir))
         export_adapter(adapter_dir, self.base_checkpoint, adapter_gguf, "f32")
-        engine = LocalEngine(self.base_gguf, n_ctx=self.n_ctx, lora_path=adapter_gguf)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # from torch's RNG: a resumed run draws the same
-        rows: list[list[int]] = []
-        ended: list[bool] = []
+        texts = [prompt_text(tokenizer, prompt.messages, system_prompt) for prompt in prompts]
+        # Row r answers prompt r // G with seed + r, whichever engine samples it: the same rows as one engine.
+        work = [(r, texts[r // sampling.group_size], seed + r) for r in range(len(prompts) * sampling.group_size)]
+        threads = max(1, default_threads() // self.jobs)
+        engines: queue.Queue[Any] = queue.Queue()
+        opened = []
         try:
-            for prompt in prompts:
-                text = prompt_text(tokenizer, prompt.messages, system_prompt)
-                for _ in range(sampling.group_size):
-                    params = SamplingParams(
-                        temperature=sampling.temperature,
-                        top_p=sampling.top_p,
-                        top_k=0,
-                        min_p=0.0,
-                        repeat_penalty=1.0,
-                        seed=seed + len(rows),
-                        max_tokens=sampling.max_new_tokens,
-                    )
-                    stats = StreamStats()
-                    for _piece in engine.stream(text, params, stats=stats):
-                        pass
-                    stop = stats.finish_reason == "stop" and stats.end_token is not None
-                    rows.append(stats.token_ids + ([stats.end_token] if stop else []))  # type: ignore[list-item]
-                    ended.append(stop)
+            for _ in range(min(self.jobs, len(work))):
+                opened.append(LocalEngine(self.base_gguf, n_ctx=self.n_ctx, n_threads=threads, lora_path=adapter_gguf))
+                engines.put(opened[-1])
+
+            def sample(job: tuple[int, str, int]) -> tuple[list[int], bool]:
+                engine = engines.get()
+                try:
+                    return _sample_one(engine, job[1], job[2], sampling)
+                finally:
+                    engines.put(engine)
+
+            with ThreadPoolExecutor(max_workers=len(opened), thread_name_prefix="katpilot-rollout") as pool:
+                sampled = list(pool.map(sample, work))
         finally:
-            engine.close()
+            for engine in opened:
+                engine.close()
+        rows = [row for row, _ in sampled]
+        ended = [stop for _, stop in sampled]
         prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, system_prompt, sampling.group_size)
         device = next(policy.parameters()).device
         return assemble(tokenizer, prompt_ids.to(device), prompt_mask.to(device), rows, ended, sampling.group_size)
+
+
+def _sample_one(engine: Any, text: str, seed: int, sampling: Sampling) -> tuple[list[int], bool]:
+    """One completion's token ids (with the end token when it stopped there) and whether it stopped."""
+    params = SamplingParams(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=0,
+        min_p=0.0,
+        repeat_penalty=1.0,
+        seed=seed,
+        max_tokens=sampling.max_new_tokens,
+    )
+    stats = StreamStats()
+    for _piece in engine.stream(text, params, stats=stats):
+        pass
+    stop = stats.finish_reason == "stop" and stats.end_token is not None
+    return stats.token_ids + ([stats.end_token] if stop else []), stop  # type: ignore[list-item]

@@ -189,7 +189,7 @@ def _sampler(model: Any, cfg: RLConfig, out: Path) -> tuple[LlamaCppSampler | No
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         workdir = out / "rollouts" / f"rank{rank}"
-        sampler = LlamaCppSampler(Path(cfg.model), workdir, cfg.max_length + cfg.max_new_tokens + 8)
+        sampler = LlamaCppSampler(Path(cfg.model), workdir, cfg.max_length + cfg.max_new_tokens + 8, cfg.rollout_jobs)
         return sampler, "llama.cpp (the base as f16 GGUF, the adapter exported every step)"
     if cfg.rollouts == "llama.cpp":
         raise KatpilotError(

@@ -439,7 +439,10 @@ def eval_command(
     ] = None,
     budget: BudgetOpt = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N items only.")] = None,
-    jobs: Annotated[int, typer.Option(help="Items at once: connections to a server, or local llama.cpp engines sharing the threads.")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(help="Items at once: connections to a server, or local llama.cpp engines sharing the threads."),
+    ] = 1,
     out: Annotated[
         Path | None,
         typer.Option(help="Output directory; rerun with the same one to resume. [default: katpilot-eval/SUITE-MODEL]"),

@@ -119,8 +119,14 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[drill]\ncount = 5\ndata = 'mine'\n", "[drill] builds its own data"),
         ("[rl]\nloss_type = 'ppo'\n", "loss_type must be one of"),
         ("[run]\nmodel = 'x'\n[quant]\n[eval]\njobs = 0\n", "[eval] jobs must be a whole number of at least 1, not 0"),
-        ("[run]\nmodel = 'x'\n[quant]\n[eval]\nlimit = 'all'\n", "[eval] limit must be a whole number of at least 1, not 'all'"),
-        ("[run]\nmodel = 'x'\n[quant]\n[eval]\ntemperature = -1\n", "[eval] temperature must be a number of at least 0"),
+        (
+            "[run]\nmodel = 'x'\n[quant]\n[eval]\nlimit = 'all'\n",
+            "[eval] limit must be a whole number of at least 1, not 'all'",
+        ),
+        (
+            "[run]\nmodel = 'x'\n[quant]\n[eval]\ntemperature = -1\n",
+            "[eval] temperature must be a number of at least 0",
+        ),
         ("[run]\nmodel = 'x'\n[quant]\n[eval]\nmodes = 'auto,maybe'\n", "'maybe' is not a think mode"),
         ("[data\n", "cannot read the recipe"),
     ],

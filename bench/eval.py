@@ -8,6 +8,10 @@ Targets (issue 15):
   process on the same engine, rounds alternating so that drift hits both alike;
 - sandbox overhead per executed test <= 50 ms: `python_tests` (limits, audit hook, scratch
   directory, process group) minus running the same program with a bare `python -I -S -c` (the flags the sandbox starts with).
+
+And local `--jobs`: items/s of `katpilot eval --jobs 2` (two llama.cpp engines, each with half the
+threads) against `--jobs 1` (one engine with all of them), rounds alternating, and whether every
+answer came out the same (greedy).
 """
 
 from __future__ import annotations
@@ -38,6 +42,16 @@ def through_eval(engine: LocalEngine, items: int) -> float:
         start = time.perf_counter()
         run_eval(SETTINGS, options, engines=[engine], echo=lambda _: None)
         return items / (time.perf_counter() - start)
+
+
+def with_jobs(jobs: int, items: int) -> tuple[float, dict[str, str]]:
+    """items/s of arithmetic answers with thinking on (long enough to be decoding-bound), and the answers."""
+    settings = load_settings({"temperature": 0.0, "max_tokens": 160}).settings
+    with tempfile.TemporaryDirectory() as out:
+        options = EvalOptions(suite="arithmetic", modes=("on",), limit=items, jobs=jobs, out=Path(out), plot=False)
+        start = time.perf_counter()
+        results, _ = run_eval(settings, options, echo=lambda _: None)
+        return items / (time.perf_counter() - start), {r.item: r.answer for r in results.records}
 
 
 def through_session(engine: LocalEngine, items: int) -> float:
@@ -86,6 +100,15 @@ def main() -> None:
         f"per test  sandbox {sandboxed:6.1f} ms   bare python -I -S -c {bare:6.1f} ms   overhead {overhead:5.1f} ms  (target <= 50)  {'ok' if overhead <= 50 else 'MISSED'}"
     )
     engine.close()
+    one, two, same = [], [], True
+    for _ in range(args.rounds):
+        rate, answers = with_jobs(1, args.items)
+        one.append(rate)
+        rate, again = with_jobs(2, args.items)
+        two.append(rate)
+        same = same and answers == again
+    a, b = statistics.median(one), statistics.median(two)
+    print(f"items/s  eval --jobs 1 {a:6.2f}   --jobs 2 {b:6.2f}   ratio {b / a:.2f}   same answers: {same}")
 
 
 if __name__ == "__main__":

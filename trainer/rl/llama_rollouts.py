@@ -81,7 +81,7 @@ class LlamaCppSampler:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # from torch's RNG: a resumed run draws the same
         texts = [prompt_text(tokenizer, prompt.messages, system_prompt) for prompt in prompts]
         # Row r answers prompt r // G with seed + r, whichever engine samples it: the same rows as one engine.
-        work = [(r, texts[r // sampling.group_size], seed + r) for r in range(len(prompts) * sampling.group_size)]
+        work = [(texts[r // sampling.group_size], seed + r) for r in range(len(prompts) * sampling.group_size)]
         threads = max(1, default_threads() // self.jobs)
         engines: queue.Queue[Any] = queue.Queue()
         opened = []
@@ -90,14 +90,14 @@ class LlamaCppSampler:
                 opened.append(LocalEngine(self.base_gguf, n_ctx=self.n_ctx, n_threads=threads, lora_path=adapter_gguf))
                 engines.put(opened[-1])
 
-            def sample(job: tuple[int, str, int]) -> tuple[list[int], bool]:
+            def sample(job: tuple[str, int]) -> tuple[list[int], bool]:
                 engine = engines.get()
                 try:
-                    return _sample_one(engine, job[1], job[2], sampling)
+                    return _sample_one(engine, *job, sampling)
                 finally:
                     engines.put(engine)
 
-            with ThreadPoolExecutor(max_workers=len(opened), thread_name_prefix="katpilot-rollout") as pool:
+            with ThreadPoolExecutor(max_workers=max(1, len(opened)), thread_name_prefix="katpilot-rollout") as pool:
                 sampled = list(pool.map(sample, work))
         finally:
             for engine in opened:

@@ -36,6 +36,12 @@ def default_threads() -> int:
     return cores if cores <= 4 else cores // 2
 
 
+def threads_each(engines: int, threads: int | None = None) -> int:
+    """Each engine's share when `engines` llama.cpp instances decode at once (at least one thread):
+    `threads` in all, the default when None."""
+    return max(1, (threads or default_threads()) // engines)
+
+
 class LocalEngine(Engine):
     """A GGUF model loaded by llama.cpp, validated first so bad files never reach native code."""
 

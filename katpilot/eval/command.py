@@ -191,12 +191,12 @@ def open_engines(
         yield list(given)
         return
     if jobs > 1 and remote_spec(settings.model, settings) is None:
-        from katpilot.engine.local import default_threads
+        from katpilot.engine.local import default_threads, threads_each
 
         threads = settings.n_threads or default_threads()
         if jobs > threads:
             echo(f"katpilot: --jobs {jobs} on {threads} thread{'s' if threads > 1 else ''}: each local engine gets one")
-        settings = replace(settings, n_threads=max(1, threads // jobs))
+        settings = replace(settings, n_threads=threads_each(jobs, threads))
     engines: list[Engine] = []
     try:
         for _ in range(jobs):

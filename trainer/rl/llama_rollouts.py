@@ -72,7 +72,7 @@ class LlamaCppSampler:
     ) -> RolloutBatch:
         import torch
 
-        from katpilot.engine.local import LocalEngine, default_threads
+        from katpilot.engine.local import LocalEngine, threads_each
         from quant.lora import export_adapter
 
         adapter_dir, adapter_gguf = self.workdir / "adapter", self.workdir / "adapter.gguf"
@@ -82,7 +82,7 @@ class LlamaCppSampler:
         texts = [prompt_text(tokenizer, prompt.messages, system_prompt) for prompt in prompts]
         # Row r answers prompt r // G with seed + r, whichever engine samples it: the same rows as one engine.
         work = [(texts[r // sampling.group_size], seed + r) for r in range(len(prompts) * sampling.group_size)]
-        threads = max(1, default_threads() // self.jobs)
+        threads = threads_each(self.jobs)
         engines: queue.Queue[Any] = queue.Queue()
         opened = []
         try:

@@ -125,9 +125,10 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ),
         (
             "[run]\nmodel = 'x'\n[quant]\n[eval]\ntemperature = -1\n",
-            "[eval] temperature must be a number of at least 0",
+            "[eval] temperature = -1.0 is out of range (must be >= 0)",
         ),
         ("[run]\nmodel = 'x'\n[quant]\n[eval]\nmodes = 'auto,maybe'\n", "'maybe' is not a think mode"),
+        ("[run]\nmodel = 'x'\n[quant]\n[eval]\nmax_tokens = 'many'\n", "[eval] max_tokens must be an integer"),
         ("[data\n", "cannot read the recipe"),
     ],
 )

@@ -50,20 +50,21 @@ def check_table(stage: str, table: dict[str, Any]) -> None:
 
 
 def _check_eval_values(table: dict[str, Any]) -> None:
-    """[eval]'s values, checked when the recipe is read: not after half an hour of training."""
+    """[eval]'s values, checked when the recipe is read: not after half an hour of training. The two
+    that are serving settings (max_tokens, temperature) follow the settings' own rules."""
+    from katpilot.config import check_value
     from katpilot.eval.command import parse_modes
 
-    for key, least, example in (("limit", 1, 60), ("max_tokens", 1, 256), ("jobs", 1, 2), ("seed", 0, 0)):
+    for key, least, example in (("limit", 1, 60), ("jobs", 1, 2), ("seed", 0, 0)):
         value = table.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise KatpilotError(
                 f"[eval] {key} must be a whole number of at least {least}, not {value!r}", f"write {key} = {example}"
             )
-    temperature = table.get("temperature", 0.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
-        raise KatpilotError(
-            f"[eval] temperature must be a number of at least 0, not {temperature!r}", "write temperature = 0.0"
-        )
+    for key, fixed in (("max_tokens", "max_tokens = 256"), ("temperature", "temperature = 0.0")):
+        problem = check_value(key, table[key])[1] if key in table else None
+        if problem:
+            raise KatpilotError(f"[eval] {key} {problem}", f"write {fixed}")
     parse_modes(str(table.get("modes", "auto,on,off")))
 
 

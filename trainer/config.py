@@ -48,6 +48,7 @@ class SFTConfig:
     merge: bool = False  # LoRA: also write the merged model to final/
     logging_steps: int = 1
     group_by_length: bool = False  # batches of similar lengths (less padding), shuffled between groups
+    padding_free: bool = True  # a batch's records share rows instead of padding (same loss; trainer/packing.py)
     tensorboard: bool = False  # also log to TensorBoard (needs `pip install tensorboard`), under tensorboard/
     forced_share: float = 0.0  # SFT: this share of AutoThink records also trained from the mode tag on (as forced)
     precision: str = "auto"  # auto: bf16 autocast where the hardware has native bf16, else fp32; bf16; fp32

@@ -30,7 +30,7 @@ FINAL = "final"
 REPORT_FILE = "report.md"
 PLOT_FILE = "report.png"
 # Settings a resumed run may change without changing what it computes.
-MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "merge"})
+MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "merge", "padding_free"})
 
 
 def is_main_process() -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +42,11 @@ class SFTResult:
 
 def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFTResult:
     """Train (or resume) and write final/ and the report. `callbacks`: extra transformers callbacks."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     from trainer.losses.answer_ce import answer_only_loss
     from trainer.mtp import carry_heads_on_save
+    from trainer.packing import REAL_TOKENS
 
     cfg = resolved.config
     if not cfg.model or not cfg.data:
@@ -68,7 +70,8 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            metrics.tokens += int(inputs["attention_mask"].sum())
+            real = inputs.pop(REAL_TOKENS, None)  # packed rows say how many of their tokens are padding
+            metrics.tokens += int(real if real is not None else inputs["attention_mask"].sum())
             if return_outputs:  # evaluation asks for the outputs too; training never does
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
@@ -81,7 +84,7 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         model=model,
         args=training_arguments(cfg, out),
         train_dataset=Rows(examples),
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=batch_collator(cfg, model, tokenizer, examples),
         callbacks=[metrics_callback(metrics, "sft"), *carry_heads_on_save(Path(cfg.model), cfg.method), *callbacks],
     )
     replace_default_display(trainer)
@@ -114,6 +117,24 @@ def trainable_student(cfg: SFTConfig, fim: bool = False) -> tuple[Any, Any]:
         enable()
         model.enable_input_require_grads()
     return model, tokenizer
+
+
+def batch_collator(cfg: SFTConfig, model: Any, tokenizer: Any, examples: Sequence[Any]) -> Any:
+    """Packed rows (`trainer.packing`), or batches padded to their longest record when `padding_free`
+    is off or the model's attention would let packed records see each other (said once, on stderr)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from trainer.packing import PackedCollator, packing_holds
+
+    if cfg.padding_free and len(examples) > 1:
+        if packing_holds(model, examples[:2]):
+            return PackedCollator(tokenizer.pad_token_id)
+        print(
+            "katpilot: this model's attention does not keep packed records apart, so its batches are padded "
+            "(padding_free = false skips this check)",
+            file=sys.stderr,
+        )
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
 def training_arguments(cfg: SFTConfig, out: Path) -> Any:

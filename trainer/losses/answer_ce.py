@@ -43,10 +43,13 @@ def answer_only_forward(
     labels = inputs["labels"]
     keep = labelled_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
+    packed = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}  # trainer.packing's rows
     outputs = model(
         input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
+        attention_mask=inputs.get("attention_mask"),
         logits_to_keep=keep,
+        use_cache=False,  # training keeps no cache; with one, transformers would not see packed records
+        **packed,
         output_hidden_states=output_hidden_states,
     )
     logits = outputs.logits

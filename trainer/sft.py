@@ -70,7 +70,7 @@ def run_sft(resolved: Resolved, out: Path, callbacks: Sequence[Any] = ()) -> SFT
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            real = inputs.pop(REAL_TOKENS, None)  # packed rows say how many of their tokens are padding
+            real = inputs.pop(REAL_TOKENS, None)  # packed rows carry their count of real (unpadded) tokens
             metrics.tokens += int(real if real is not None else inputs["attention_mask"].sum())
             if return_outputs:  # evaluation asks for the outputs too; training never does
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

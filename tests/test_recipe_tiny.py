@@ -31,7 +31,7 @@ CLI = [sys.executable, "-m", "katpilot"]
 @pytest.mark.timeout(7200)
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 20 open: auto mode's accuracy (11.7%) is below always-on's (21.7%), at 44% of its tokens "
+    reason="issue 20 open: auto mode's accuracy (15.0%) is below always-on's (21.7%), at 56% of its tokens "
     "(measured 2026-12-07, docs/recipe.md); strict: remove this mark once it passes",
 )
 def test_the_tiny_recipe_makes_a_model_that_decides_when_to_think(tmp_path: Path) -> None:

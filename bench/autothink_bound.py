@@ -22,6 +22,7 @@ from pathlib import Path
 
 from katpilot.eval.records import RECORDS_FILE, RUN_FILE, Record, read_journal
 from katpilot.eval.suites import load_suite
+from trainer.recipe_report import level_thirds
 
 TOKEN_BAR = 0.70  # auto's tokens against always-on's
 ACCURACY_BAR = 0.02  # auto's accuracy may fall this far below always-on's
@@ -48,8 +49,7 @@ def rules(out: Path) -> tuple[list[Rule], int, int]:
     if not items:
         raise SystemExit(f"{out}: no item of a levelled suite has auto, on and off records")
     ranked = sorted({levels[i] for i in items})
-    third = max(1, len(ranked) // 3)
-    easy, hard = ranked[:third], ranked[-third:]
+    easy, hard = level_thirds(set(ranked))
     on_tokens = sum(r["on"].tokens["completion"] for r in items.values())
     on_passed = sum(r["on"].passed for r in items.values())
     judge = sum(r["auto"].tokens.get("judge", 0) for r in items.values())

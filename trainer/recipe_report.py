@@ -48,9 +48,7 @@ def autothink_figures(results: Any) -> AutoThinkFigures | None:
         suite = None
     levels = {item.id: item.level for item in suite.items if item.level is not None} if suite else {}
     records = [r for r in results.records if r.condition == auto.condition]
-    ranked = sorted({levels[r.item] for r in records if r.item in levels})
-    third = max(1, len(ranked) // 3)
-    easy, hard = set(ranked[:third]), set(ranked[-third:])
+    easy, hard = level_thirds({levels[r.item] for r in records if r.item in levels})
 
     def on_rate(chosen: set[int]) -> float:
         picked = [r for r in records if levels.get(r.item) in chosen]
@@ -68,6 +66,13 @@ def autothink_figures(results: Any) -> AutoThinkFigures | None:
         tokens_auto=auto.mean_tokens,
         tokens_on=on.mean_tokens,
     )
+
+
+def level_thirds(levels: set[int]) -> tuple[set[int], set[int]]:
+    """The easiest and the hardest third of a suite's levels (one level each when there are fewer than 3)."""
+    ranked = sorted(levels)
+    third = max(1, len(ranked) // 3)
+    return set(ranked[:third]), set(ranked[-third:])
 
 
 def figure_lines(figures: AutoThinkFigures) -> list[str]:

@@ -49,7 +49,7 @@ def rules(out: Path) -> tuple[list[Rule], int, int]:
     if not items:
         raise SystemExit(f"{out}: no item of a levelled suite has auto, on and off records")
     ranked = sorted({levels[i] for i in items})
-    easy, hard = level_thirds(set(ranked))
+    easy, hard = level_thirds(set(ranked))  # the recipe's own definition of the thirds
     on_tokens = sum(r["on"].tokens["completion"] for r in items.values())
     on_passed = sum(r["on"].passed for r in items.values())
     judge = sum(r["auto"].tokens.get("judge", 0) for r in items.values())

@@ -32,10 +32,9 @@ class PackedCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        rows = pack(features)
-        width = max(sum(len(features[i]["input_ids"]) for i in row) for row in rows)
+        width = max(len(f["input_ids"]) for f in features)  # no row is longer than the longest record
         ids, labels, positions = [], [], []
-        for row in rows:
+        for row in pack(features):
             row_ids: list[int] = []
             row_labels: list[int] = []
             row_positions: list[int] = []

@@ -1,6 +1,6 @@
 """The best per-level think rule an evaluation's own answers allow, under the tiny recipe's bars.
 
-    python bench/autothink_bound.py runs/tiny-autothink/eval/tiny-autothink
+    python bench/autothink_bound.py runs/tiny-autothink/eval/tiny-autothink [more eval dirs ...]
 
 Why: issue 20 asks auto mode for always-on's accuracy minus 2 points at no more than 70% of its
 tokens, and a think-on rate on the hardest third of the ladder at least twice the easiest third's.
@@ -9,7 +9,8 @@ always-off answers alone: this tries every rule "think on these levels, answer t
 (2^levels of them), costs each item the auto condition's judge plus the chosen mode's completion,
 and prints the most accurate rules within the token bar, with and without the think-on bar. The
 rules are chosen on the very items they are scored on, so they bound from above what a judge that
-learnt its rule elsewhere can reach.
+learnt its rule elsewhere can reach. Several evaluation directories (the same model on other
+`--seed`s of the ladder) are pooled: ten items a level leave the hindsight rules much luck.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Rule:
     think_on_bar: bool  # hardest third's think-on rate >= 2x the easiest third's, and above 0
 
 
-def rules(out: Path) -> tuple[list[Rule], int, int]:
-    """Every per-level rule, with always-on's passes and the item count."""
+def _levelled_items(out: Path) -> dict[tuple[str, str], tuple[int, dict[str, Record]]]:
+    """One evaluation's items with auto, on and off records: (dir, item) -> (level, records by condition)."""
     run = json.loads((out / RUN_FILE).read_text())
     suite = load_suite(run["suite"], seed=int(run.get("suite_seed") or 0))
     levels = {item.id: item.level for item in suite.items if item.level is not None}
@@ -45,9 +46,21 @@ def rules(out: Path) -> tuple[list[Rule], int, int]:
     for _, row in read_journal(out / RECORDS_FILE, out):
         record = Record.from_json(row)
         by_item.setdefault(record.item, {})["auto" if record.think == "auto" else record.condition] = record
-    items = {i: r for i, r in by_item.items() if i in levels and {"auto", "on", "off"} <= r.keys()}
-    if not items:
-        raise SystemExit(f"{out}: no item of a levelled suite has auto, on and off records")
+    return {
+        (str(out), i): (levels[i], r) for i, r in by_item.items() if i in levels and {"auto", "on", "off"} <= r.keys()
+    }
+
+
+def rules(outs: list[Path]) -> tuple[list[Rule], int, int]:
+    """Every per-level rule over the pooled evaluations, with always-on's passes and the item count."""
+    pooled: dict[tuple[str, str], tuple[int, dict[str, Record]]] = {}
+    for out in outs:
+        found_here = _levelled_items(out)
+        if not found_here:
+            raise SystemExit(f"{out}: no item of a levelled suite has auto, on and off records")
+        pooled.update(found_here)
+    levels = {key: level for key, (level, _) in pooled.items()}
+    items = {key: records for key, (_, records) in pooled.items()}
     ranked = sorted({levels[i] for i in items})
     easy, hard = level_thirds(set(ranked))  # the recipe's own definition of the thirds
     on_tokens = sum(r["on"].tokens["completion"] for r in items.values())
@@ -73,10 +86,12 @@ def rules(out: Path) -> tuple[list[Rule], int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("eval_dir", type=Path, help="a `katpilot eval` output directory with auto, on and off")
+    parser.add_argument(
+        "eval_dirs", type=Path, nargs="+", help="`katpilot eval` output directories with auto, on and off (pooled)"
+    )
     parser.add_argument("--show", type=int, default=3, help="rules shown per bar")
     args = parser.parse_args()
-    found, on_passed, items = rules(args.eval_dir)
+    found, on_passed, items = rules(args.eval_dirs)
     print(
         f"always on: {on_passed}/{items} ({on_passed / items:.1%}); the accuracy bar: {on_passed / items - ACCURACY_BAR:.1%}"
     )

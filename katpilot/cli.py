@@ -509,7 +509,9 @@ def train_data(
     limit: Annotated[int | None, typer.Option(help="The first N tasks only (kinds interleaved).")] = None,
     drill: Annotated[int, typer.Option(help="Add N arithmetic problems answered directly (practice).")] = 0,
     drill_levels: Annotated[str, typer.Option(help="The drill's operation counts, taken in turn: 1,2.")] = "1",
-    jobs: Annotated[int, typer.Option(help="Parallel teacher requests (remote servers).")] = 1,
+    jobs: Annotated[
+        int, typer.Option(help="Workers at once: server connections, or local llama.cpp engines sharing the threads.")
+    ] = 1,
     prompts: Annotated[Path | None, typer.Option(help="Your own prompts: JSONL with prompt (and answer).")] = None,
     critic: Annotated[str, typer.Option(help="'teacher' (the same model), 'none', or another model.")] = "teacher",
     margin: Annotated[

@@ -309,6 +309,26 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path
     assert f"records: **{len(records)}** (think-on {on}, think-off {len(records) - on}" in card
 
 
+def test_local_teacher_and_critic_serve_parallel_workers(tmp_path: Path, model_path: Path) -> None:
+    """--jobs 2 with a local GGUF: two llama.cpp engines for the teacher and two for another critic."""
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"What is {i} + 2?", "answer": str(i + 2), "verifier": "numeric"} for i in range(4)]
+    rows += [{"prompt": f"Say one word about the number {i}."} for i in range(2)]  # the critic judges these
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "d"
+    args = [
+        *KATPILOT, "train", "data", "--tasks", "prompt", "--prompts", str(prompts), "--teacher", str(model_path),
+        "--critic", str(model_path), "--jobs", "2", "--votes", "1", "--max-tokens", "12", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    outcomes = _outcomes(out)
+    assert sorted(o["task"] for o in outcomes) == sorted({o["task"] for o in outcomes}) and len(outcomes) == 6
+    records = _records(out)
+    assert len({r["id"] for r in records}) == len(records)
+    assert (out / CARD_FILE).exists()
+
+
 def test_the_journal_drops_records_of_unfinished_tasks_and_torn_lines(tmp_path: Path) -> None:
     out = tmp_path / "d"
     journal = DataJournal(out, {"a": 1})

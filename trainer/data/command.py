@@ -2,7 +2,8 @@
 
 The CLI parses flags into settings and `DataRun`; this module collects the tasks, loads the teacher
 (and critic) engines the way every front end does, runs the builder into the journal and writes the
-card. Local engines answer one request at a time; `--jobs N` opens N connections to a remote one.
+card. `--jobs N` runs N workers, each with its own engine (and critic): N connections to a remote
+teacher, or N local llama.cpp engines sharing the threads (`katpilot.eval.command.open_engines`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
 from katpilot.eval.command import open_engines, progress_bar
 from katpilot.eval.records import write_atomic
-from katpilot.models import profile_for, remote_spec, sampling_params
+from katpilot.models import profile_for, sampling_params
 from trainer.data.builder import RECORDS_FILE, STATE_DIR, DataJournal, DataOptions, DatasetBuilder, Workers
 from trainer.data.card import render_card
 from trainer.data.sources import collect_tasks
@@ -135,11 +136,7 @@ def _critic_engines(
         yield teacher_engines
     else:
         critic_settings = replace(settings, model=run.critic)
-        if len(teacher_engines) > 1 and remote_spec(run.critic, settings) is None:
-            raise KatpilotError(
-                "a local critic answers one request at a time, so it cannot serve --jobs workers",
-                "give --jobs 1, a critic on a server, or --critic teacher",
-            )
+        # a worker asks its teacher, then its critic: one engine of each pair decodes at a time
         with open_engines(critic_settings, len(teacher_engines), echo, None) as engines:
             yield engines
 

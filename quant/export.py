@@ -42,7 +42,7 @@ from quant.architectures import (
 )
 from quant.checkpoint import Checkpoint, open_checkpoint
 from quant.errors import QuantError
-from quant.gguf_out import OutTensor, Progress, Writer, hidden_partial, write_gguf
+from quant.gguf_out import OutTensor, Progress, Writer, check_replaceable, hidden_partial, write_gguf
 from quant.lora import Adapter, check_adapter, open_adapter
 from quant.quantize import TYPES, quantize
 from quant.vocab import VocabSummary, add_tokenizer
@@ -109,11 +109,14 @@ def export_checkpoint(
     adapter = open_adapter(lora) if lora is not None else None
     if adapter is not None:
         check_adapter(adapter, ckpt)
+    check_replaceable(output)
     if not output.parent.is_dir():
         raise QuantError(f"{output.parent} is not a directory", "create it, or give another output path")
     direct = kind if kind in WRITTEN else _lossless(ckpt, plans)
     heads = [p for p in plans if p.mtp]
     companion = companion_path(output) if heads else None
+    if companion is not None:
+        check_replaceable(companion)
     first = output if kind in WRITTEN else output.with_name(f"{output.stem}.{direct}.gguf")
     main_partial = hidden_partial(first)
     main_writer = Writer(main_partial, hp.name)  # metadata, tokenizer checks included, before any byte is written

@@ -96,6 +96,27 @@ class Encoder:
         return half.data.cast("B")
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse an output path that would lose a file which is not a GGUF (a checkpoint's own
+    model.safetensors, a user's notes): a GGUF there is an earlier output and may be replaced."""
+    if not path.name or path.name in (".", ".."):
+        raise QuantError(f"the output path {str(path)!r} names no file", "give a file name, e.g. model.gguf")
+    if path.is_dir():
+        raise QuantError(f"{path} is a directory", "give a file name inside it, e.g. model.gguf")
+    if not path.exists():
+        return
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise QuantError(f"cannot read {path} ({exc.strerror or exc})", "give another output path") from None
+    if magic != b"GGUF":
+        raise QuantError(
+            f"{path} exists and is not a GGUF file: katpilot does not replace it",
+            "give another output path, or remove that file first",
+        )
+
+
 def hidden_partial(path: Path, tag: str = "partial") -> Path:
     """Where `path` is written until it is complete: hidden, and named after this process."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")

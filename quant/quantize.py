@@ -29,7 +29,7 @@ import numpy as np
 
 from katpilot.engine.llama_compat import llama_log_lines
 from quant.errors import QuantError
-from quant.gguf_out import hidden_partial
+from quant.gguf_out import check_replaceable, hidden_partial
 
 # Our names -> llama.cpp's llama_ftype constant names (llama_cpp.LLAMA_FTYPE_*).
 TYPES: dict[str, str] = {
@@ -90,6 +90,7 @@ def quantize(
     summary = read_gguf(source)  # a corrupt or truncated input is one line here, not a C crash
     if output.resolve() == source.resolve():
         raise QuantError(f"{output} is the input file", "give another output path")
+    check_replaceable(output)
     if not output.parent.is_dir():
         raise QuantError(f"{output.parent} is not a directory", "create it, or give another output path")
     notices = []

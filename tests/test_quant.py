@@ -51,6 +51,23 @@ def test_bad_input_is_one_clear_error_and_leaves_nothing(model_path: Path, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf"]
 
 
+def test_an_output_that_is_not_a_gguf_is_never_replaced(model_path: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(QuantError, match="exists and is not a GGUF file"):
+        quantize(model_path, notes, "q8_0")
+    assert notes.read_text() == "my notes\n"
+    with pytest.raises(QuantError, match="names no file"):
+        quantize(model_path, Path(""), "q8_0")
+    with pytest.raises(QuantError, match="is a directory"):
+        quantize(model_path, tmp_path, "q8_0")
+    earlier = tmp_path / "earlier.gguf"  # an earlier output is a GGUF: replaced whole
+    earlier.write_bytes(b"GGUF" + bytes(12))
+    quantize(model_path, earlier, "q8_0")
+    assert read_gguf(earlier).file_type == "Q8_0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.gguf", "notes.txt"]
+
+
 def test_the_command_reports_in_one_line_each(model_path: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         [*KATPILOT, "quant", "quantize", str(model_path), str(tmp_path / "q8.gguf"), "q8_0"],

@@ -216,6 +216,24 @@ def test_a_broken_checkpoint_is_one_line_exit_2_and_no_file(
     assert list(out.iterdir()) == []
 
 
+def test_export_never_replaces_its_own_checkpoint_or_a_file_that_is_not_a_gguf(
+    smol_checkpoint: Path, tmp_path: Path
+) -> None:
+    ckpt = tiny_checkpoint("qwen3", smol_checkpoint, tmp_path / "ckpt")
+    add_mtp_heads(ckpt)
+    weights = (ckpt / "model.safetensors").read_bytes()
+    for target in (ckpt / "model.safetensors", ckpt / "config.json"):
+        with pytest.raises(QuantError, match="exists and is not a GGUF file"):
+            export_checkpoint(ckpt, target, "f16")
+    assert (ckpt / "model.safetensors").read_bytes() == weights
+    (tmp_path / "m.mtp.gguf").write_text("not the heads\n")  # the MTP companion's name, taken by another file
+    with pytest.raises(QuantError, match=r"m\.mtp\.gguf exists and is not a GGUF file"):
+        export_checkpoint(ckpt, tmp_path / "m.gguf", "f16")
+    assert (tmp_path / "m.mtp.gguf").read_text() == "not the heads\n" and not (tmp_path / "m.gguf").exists()
+    report = export_checkpoint(ckpt, ckpt / "model.gguf", "f16")  # a new file inside the checkpoint is fine
+    assert report.output.exists() and (ckpt / "model.safetensors").read_bytes() == weights
+
+
 def test_a_full_disk_leaves_no_file_behind(
     smol_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ block size, tensors back to back at `general.alignment`, and all tensor data ins
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import re
@@ -139,6 +140,25 @@ class GGUFSummary:
             "mtp_companion": self.companion_status(),
             "chat_template": self.chat_template,
         }
+
+
+SAMPLES = 16  # blocks read by `content_digest`, evenly spaced through the file
+SAMPLE_BYTES = 64 * 1024
+
+
+def content_digest(path: Path) -> str:
+    """A cheap identity of a model file's contents: its size and 16 blocks of 64 KiB spread over it.
+
+    Why: a journal keyed on a path alone would resume into a model re-exported to the same path
+    (another model's answers mixed into one report); hashing a multi-GB file whole costs seconds,
+    and any two exports of different weights differ in the sampled tensor data."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        for i in range(SAMPLES):
+            f.seek(max(0, size - SAMPLE_BYTES) * i // max(1, SAMPLES - 1))
+            digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
 
 
 def format_model_info(info: Mapping[str, object]) -> str:

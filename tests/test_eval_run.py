@@ -165,6 +165,33 @@ def test_a_torn_last_line_is_dropped_and_a_changed_run_is_refused(tmp_path: Path
         RunJournal(tmp_path, fingerprint | {"temperature": 0.7})
 
 
+def test_a_rerun_may_add_items_but_not_swap_the_model_file_or_take_over_a_folder(
+    model_path: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from quant.quantize import quantize
+
+    model = tmp_path / "m.gguf"
+    shutil.copy(model_path, model)
+    out = tmp_path / "out"
+    options = EvalOptions(suite="arithmetic", modes=("off",), limit=1, out=out)
+    quiet = {"max_tokens": 8, "n_threads": 2}
+    run_eval(settings(model=str(model), **quiet), options)
+    more, _ = run_eval(settings(model=str(model), **quiet), EvalOptions("arithmetic", ("off",), limit=2, out=out))
+    assert len(more.records) == 2 and more.summaries[0].n == 2  # a larger --limit resumes and adds one item
+    quantize(model_path, tmp_path / "q8.gguf", "q8_0")
+    (tmp_path / "q8.gguf").replace(model)  # another model at the same path, under the same name
+    with pytest.raises(KatpilotError, match="holds a run with another model file's answers"):
+        run_eval(settings(model=str(model), **quiet), options)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "report.md").write_text("mine\n")
+    with pytest.raises(KatpilotError, match="holds files and no katpilot evaluation"):
+        run_eval(settings(model=str(model), **quiet), EvalOptions("arithmetic", ("off",), limit=1, out=notes))
+    assert sorted(p.name for p in notes.iterdir()) == ["report.md"] and (notes / "report.md").read_text() == "mine\n"
+
+
 def test_humaneval_file_end_to_end_right_and_wrong_answers(tmp_path: Path) -> None:
     replies = {
         "below_zero": [
@@ -278,7 +305,13 @@ def test_answers_and_files_that_once_crashed_a_run_are_clear(tmp_path: Path) -> 
         run_eval(settings(), EvalOptions(suite=str(bad), out=tmp_path / "o"), engines=[ReplyEngine({})])
     occupied = tmp_path / "occupied"
     (occupied / RECORDS_FILE).mkdir(parents=True)
+    with pytest.raises(KatpilotError, match="holds files and no katpilot evaluation"):
+        RunJournal(occupied, {"suite": "s"})
+    (occupied / "run.json").write_text(json.dumps({"suite": "s"}))  # a run of ours, its journal broken
     with pytest.raises(KatpilotError, match=r"cannot write .*records.jsonl \(Is a directory\)"):
+        RunJournal(occupied, {"suite": "s"})
+    (occupied / "run.json").write_text("[]")
+    with pytest.raises(KatpilotError, match="is not a run's settings"):
         RunJournal(occupied, {"suite": "s"})
 
 

@@ -146,7 +146,7 @@ def test_a_rerun_on_another_file_of_the_same_name_is_refused(tmp_path: Path) -> 
         EvalOptions(suite=str(first), modes=("off",), out=tmp_path / "out"),
         engines=[engine],
     )
-    with pytest.raises(KatpilotError, match="another suite_digest"):
+    with pytest.raises(KatpilotError, match="other items"):
         run_eval(
             kat_settings(profile="plain"),
             EvalOptions(suite=str(second), modes=("off",), out=tmp_path / "out"),

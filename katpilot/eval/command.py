@@ -24,6 +24,7 @@ from katpilot.eval.records import RunJournal, write_atomic
 from katpilot.eval.results import EvalResults, build_results
 from katpilot.eval.runner import EvalRunner, conditions_for
 from katpilot.eval.suites import Suite, load_suite
+from katpilot.gguf_file import content_digest
 from katpilot.models import load_engine, profile_for, remote_spec, sampling_params, think_controls
 from katpilot.terms import THINK_MODES, ThinkMode
 
@@ -101,6 +102,17 @@ def items_digest(items: Sequence[EvalItem]) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_digest(engine: Engine) -> str | None:
+    """What identifies the model's contents: a local file's sampled digest; a server's model by name."""
+    path = Path(engine.info.path) if engine.info.path else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return content_digest(path)
+    except OSError as exc:
+        raise KatpilotError(f"cannot read {path} ({exc.strerror or exc})", "check the model file") from None
+
+
 def default_out(suite: Suite, model: str) -> Path:
     safe = re.sub(r"[^\w.-]+", "-", f"{suite.name}-{model}").strip("-")
     return Path("katpilot-eval") / safe
@@ -131,10 +143,11 @@ def run_eval(
         profile = profile_for(engine, settings)
         fingerprint = {
             "suite": suite.name,
-            "suite_digest": items_digest(items),  # another file or repository of the same name differs here
-            "seed": options.seed,
+            # the whole suite's: another file or repository of the same name differs, a larger --limit does not
+            "suite_digest": items_digest(suite.items),
+            "suite_seed": options.seed,
             "model": engine.info.name,
-            "model_path": engine.info.path,
+            "model_digest": model_digest(engine),  # a model re-exported to the same path is another model
             "profile": profile.name,
             "system_prompt": settings.system_prompt,
             "n_ctx": engine.info.n_ctx,
@@ -152,7 +165,7 @@ def run_eval(
         finally:
             journal.close()
     run = fingerprint | {
-        "suite_seed": options.seed,  # the fingerprint's "seed" is the sampling's (it comes after)
+        "model_path": engine.info.path,
         "threshold": controls.threshold,
         "modes": list(options.modes),
         "description": suite.description,

@@ -56,6 +56,10 @@ class RunJournal:
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
         self.out = out
+        if out.is_dir() and not (out / RUN_FILE).exists() and any(out.iterdir()):
+            raise KatpilotError(  # its report.md or results.json would be replaced
+                f"{out} holds files and no katpilot evaluation", "give --out a new or empty directory"
+            )
         make_output_dir(out)
         self.records: dict[tuple[str, str], Record] = {}
         self._by_item: dict[str, list[Record]] = {}
@@ -111,6 +115,12 @@ def make_output_dir(out: Path) -> None:
         ) from None
 
 
+DIGESTS = {  # fingerprint fields whose values say nothing to a reader: what a difference there means
+    "suite_digest": "other items (another suite file or repository of that name, or an edited one)",
+    "model_digest": "another model file's answers (the model at that path has changed)",
+}
+
+
 def check_fingerprint(path: Path, fingerprint: dict[str, Any], out: Path) -> None:
     """Write the run's fingerprint, or refuse a rerun whose fingerprint differs (naming the setting)."""
     if path.exists():
@@ -118,12 +128,16 @@ def check_fingerprint(path: Path, fingerprint: dict[str, Any], out: Path) -> Non
             before = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise KatpilotError(f"{path} is unreadable ({exc})", f"delete {out} or give another --out") from None
+        if not isinstance(before, dict):
+            raise KatpilotError(
+                f"{path} is not a run's settings (not a JSON object)", f"delete {out} or give another --out"
+            )
         changed = [k for k in sorted(set(before) | set(fingerprint)) if before.get(k) != fingerprint.get(k)]
         if changed:
             name = changed[0]
+            what = DIGESTS.get(name, f"another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})")
             raise KatpilotError(
-                f"{out} holds a run with another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})",
-                "give another --out, or delete that directory to start over",
+                f"{out} holds a run with {what}", "give another --out, or delete that directory to start over"
             )
         return
     write_atomic(path, json.dumps(fingerprint, indent=2) + "\n")

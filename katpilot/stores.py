@@ -247,7 +247,7 @@ class HeaderCache:
         self.changed = False
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") == CACHE_VERSION:
+            if data.get("version") == CACHE_VERSION and isinstance(data["entries"], dict):
                 self.entries = data["entries"]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no cache yet, or an unreadable one: rebuilt
@@ -257,11 +257,9 @@ class HeaderCache:
         stat = path.stat()
         key = str(path)
         stamp = [stat.st_size, stat.st_mtime_ns]
-        cached = self.entries.get(key)
-        if cached is not None and cached.get("stamp") == stamp:
-            if "problem" in cached:
-                return str(cached["problem"])
-            return ModelHeader(**cached["header"])  # type: ignore[arg-type]
+        known = _from_cache(self.entries.get(key), stamp)
+        if known is not None:
+            return known
         result = read_header(path)
         entry: dict[str, object] = {"stamp": stamp}
         if isinstance(result, str):
@@ -282,6 +280,25 @@ class HeaderCache:
             os.replace(tmp, self.path)
         except OSError:
             pass  # a cache that cannot be written only makes the next listing slower
+
+
+def _from_cache(cached: object, stamp: list[int]) -> ModelHeader | str | None:
+    """A cache entry's header or problem; None when it is stale or not what we write (an edited or
+    foreign cache file is rebuilt, never a crash)."""
+    if not isinstance(cached, dict) or cached.get("stamp") != stamp:
+        return None
+    if isinstance(cached.get("problem"), str):
+        return str(cached["problem"])
+    fields = cached.get("header")
+    try:
+        header = ModelHeader(**fields) if isinstance(fields, dict) else None
+    except TypeError:
+        return None
+    types_ok = header is not None and all(
+        isinstance(getattr(header, name), kind)
+        for name, kind in (("architecture", str), ("quantization", str), ("parameters", int), ("profile", str))
+    )
+    return header if types_ok else None
 
 
 def read_header(path: Path) -> ModelHeader | str:

@@ -163,6 +163,35 @@ def test_ask_answers_with_a_store_model_by_name(katpilot_home: Path, model_path:
     assert json.loads(info.stdout)["quantization"] == "Q4_1"
 
 
+def test_a_corrupt_header_cache_is_rebuilt_not_a_crash(katpilot_home: Path, model_path: Path) -> None:
+    ollama = katpilot_home / ".ollama" / "models"
+    (ollama / "blobs").mkdir(parents=True)
+    ollama_model(ollama, model_path, "registry.ollama.ai", "library", "smol-coder", "latest")
+    listing = [*KATPILOT, "models", "--json"]
+    assert subprocess.run(listing, capture_output=True, text=True, timeout=60).returncode == 0
+    cache = katpilot_home / "cache" / "models.json"
+    good = json.loads(cache.read_text())
+    key = next(k for k in good["entries"] if ".ollama" in k)  # the store's blob (the embedded model has one too)
+    entry = good["entries"][key]
+    broken_ways = [
+        {"version": 1, "entries": ["not", "a", "table"]},
+        {"version": 1, "entries": {key: "a string"}},
+        {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "extra": 1}}}},
+        {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "parameters": "x"}}}},
+        {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": ["a list"]}}},
+    ]
+    for broken in broken_ways:
+        cache.write_text(json.dumps(broken))
+        done = subprocess.run(listing, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (broken, done.stderr)
+        assert "smol-coder:latest" in {row["name"] for row in json.loads(done.stdout)}
+        asked = subprocess.run(
+            [*KATPILOT, "models", "info", "smol-coder", "--json"], capture_output=True, text=True, timeout=60
+        )
+        assert asked.returncode == 0 and json.loads(asked.stdout)["quantization"] == "Q4_1", asked.stderr
+    assert json.loads(cache.read_text())["entries"][key] == entry  # rewritten whole
+
+
 def test_broken_manifest_truncated_blob_and_missing_blob_are_skipped_with_a_note(
     katpilot_home: Path, model_path: Path
 ) -> None:

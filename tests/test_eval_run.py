@@ -262,9 +262,9 @@ def test_local_jobs_are_engines_sharing_the_threads(engine: LocalEngine, tmp_pat
     said: list[str] = []
     with open_engines(settings(n_threads=2), 2, said.append, None) as engines:
         assert [e.llm.n_threads for e in engines] == [1, 1] and said == []  # type: ignore[attr-defined]
-    with open_engines(settings(n_threads=1), 3, said.append, None) as engines:
-        assert [e.llm.n_threads for e in engines] == [1, 1, 1]  # type: ignore[attr-defined]
-    assert said == ["katpilot: --jobs 3 on 1 thread: each local engine gets one"]
+    with open_engines(settings(n_threads=1), 3, said.append, None) as engines:  # more would only share them
+        assert [e.llm.n_threads for e in engines] == [1]  # type: ignore[attr-defined]
+    assert said == ["katpilot: --jobs 3 on 1 thread: running 1 local engine"]
     options = EvalOptions(suite="arithmetic", modes=("on", "off"), limit=4, jobs=2, out=tmp_path, plot=False)
     results, _ = run_eval(settings(max_tokens=8, n_threads=2), options)
     done = sorted((r.item, r.condition) for r in results.records)

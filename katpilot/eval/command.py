@@ -138,7 +138,7 @@ def run_eval(
     thresholds = options.thresholds or (controls.threshold,)
     conditions = conditions_for(options.modes, thresholds)
     sampling = sampling_params(settings)
-    with open_engines(settings, options.jobs, echo, engines) as engines:
+    with open_engines(settings, min(options.jobs, len(items)), echo, engines) as engines:
         engine = engines[0]
         profile = profile_for(engine, settings)
         fingerprint = {
@@ -207,8 +207,10 @@ def open_engines(
         from katpilot.engine.local import default_threads, threads_each
 
         threads = settings.n_threads or default_threads()
-        if jobs > threads:
-            echo(f"katpilot: --jobs {jobs} on {threads} thread{'s' if threads > 1 else ''}: each local engine gets one")
+        if jobs > threads:  # more engines than threads only share them, at ~200 MB of memory each
+            plural = "s" if threads > 1 else ""
+            echo(f"katpilot: --jobs {jobs} on {threads} thread{plural}: running {threads} local engine{plural}")
+            jobs = threads
         settings = replace(settings, n_threads=threads_each(jobs, threads))
     engines: list[Engine] = []
     try:

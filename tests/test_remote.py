@@ -234,6 +234,9 @@ def test_parse_spec_forms() -> None:
         parse_spec("openai+http://user:pw@host/v1#m")
     with pytest.raises(KatpilotError, match="no host"):
         parse_spec("openai+http:///v1#m")
+    for port in ("notaport", "99999"):
+        with pytest.raises(KatpilotError, match="is not a number from 0 to 65535"):
+            parse_spec(f"openai+http://127.0.0.1:{port}/v1#m")
 
 
 def test_load_engine_picks_remote_from_env_and_alias(

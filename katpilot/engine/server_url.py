@@ -49,6 +49,12 @@ def parse_spec(spec: str) -> RemoteSpec:
         raise KatpilotError(f"no host in the remote model {spec}", _FORMAT_FIX)
     if parts.username or parts.password:
         raise KatpilotError("the remote model URL must not carry credentials", f"remove them from --model; {KEY_FIX}")
+    try:
+        parts.port  # noqa: B018 -- urllib checks the port only when it is read
+    except ValueError:
+        raise KatpilotError(
+            f"the port in the remote model {spec} is not a number from 0 to 65535", _FORMAT_FIX
+        ) from None
     return RemoteSpec(url.rstrip("/"), model or None)
 
 

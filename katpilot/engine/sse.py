@@ -68,5 +68,8 @@ def sse_choices(resp: Lines, url: str) -> Iterator[tuple[str, str | None]]:
             choice = event["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise not_openai(url, "a streamed event is not a completion chunk") from None
+        text, finish = (choice.get("text"), choice.get("finish_reason")) if isinstance(choice, dict) else (0, 0)
+        if not isinstance(text, str | None) or not isinstance(finish, str | None):
+            raise not_openai(url, "a streamed event's choice has no text string")
         saw_event = True
-        yield choice.get("text") or "", choice.get("finish_reason")
+        yield text or "", finish

@@ -208,7 +208,7 @@ def models_list(
         bool, typer.Option("--verbose", "-v", help="Also say which store entries were skipped, and why.")
     ] = False,
 ) -> None:
-    """List models: the embedded default, [models] aliases, and GGUFs in Ollama, LM Studio, llama.cpp and HF caches."""
+    """List models: the embedded default, \\[models] aliases, and GGUFs in Ollama, LM Studio, llama.cpp and HF caches."""
     if ctx.invoked_subcommand is not None:
         return
     from katpilot.errors import ModelFileError
@@ -364,7 +364,7 @@ def chat_command(
 @app.command("lsp")
 def lsp_command(
     tcp: Annotated[
-        str | None, typer.Option("--tcp", help="Listen on [HOST:]PORT instead of stdio; HOST defaults to 127.0.0.1.")
+        str | None, typer.Option("--tcp", help="Listen on \\[HOST:]PORT instead of stdio; HOST defaults to 127.0.0.1.")
     ] = None,
     model: ModelOpt = None,
     think: ThinkOpt = None,
@@ -445,9 +445,11 @@ def eval_command(
     ] = 1,
     out: Annotated[
         Path | None,
-        typer.Option(help="Output directory; rerun with the same one to resume. [default: katpilot-eval/SUITE-MODEL]"),
+        typer.Option(
+            help="Output directory; rerun with the same one to resume. \\[default: katpilot-eval/SUITE-MODEL]"
+        ),
     ] = None,
-    repo: Annotated[Path | None, typer.Option(help="Repository for --suite repo. [default: .]")] = None,
+    repo: Annotated[Path | None, typer.Option(help="Repository for --suite repo. \\[default: .]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated suites (arithmetic, repo).")] = 0,
     profile: ProfileOpt = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; eval is greedy by default.")] = 0.0,
@@ -561,9 +563,14 @@ def train_data(
 @train_app.command("run")
 def train_run(
     recipe: Annotated[
-        Path, typer.Argument(help="A recipe TOML: [run], then any of [data] [distill] [sft] [rl] [quant] [eval].")
+        Path,
+        typer.Argument(
+            help="A recipe TOML: \\[run], then any of \\[data] \\[distill] \\[sft] \\[rl] \\[quant] \\[eval]."
+        ),
     ],
-    out: Annotated[Path | None, typer.Option(help="Where the stages' run directories go (default: [run] out).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where the stages' run directories go (default: \\[run] out).")
+    ] = None,
 ) -> None:
     """Run a whole recipe: its stages in order, chained, each resumable and skipped once done."""
     from trainer.recipe import run_recipe
@@ -589,7 +596,7 @@ def train_sft(
     out: Annotated[Path, typer.Option(help="Run directory; rerun with the same one to resume.")],
     model: Annotated[str | None, typer.Option(help="Student: a checkpoint directory, a GGUF, or a model name.")] = None,
     data: Annotated[str | None, typer.Option(help="A `train data` directory or a JSONL file of chats.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [sft] table sets defaults.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its \\[sft] table sets defaults.")] = None,
     method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
     lora_rank: Annotated[int | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Default: 2e-4 (LoRA), 5e-5 (full).")] = None,
@@ -631,7 +638,7 @@ def train_distill(
     ] = None,
     data: Annotated[str | None, typer.Option(help="A `train data` directory or a JSONL file of chats.")] = None,
     repo: Annotated[str | None, typer.Option(help="Also train on this repository's text (with FIM).")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [distill] table sets defaults.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its \\[distill] table sets defaults.")] = None,
     teacher_mode: Annotated[str | None, typer.Option(help="cache (default) or live (a Hugging Face teacher).")] = None,
     divergence: Annotated[str | None, typer.Option(help="uld (any tokenizers), kl or jsd (same tokenizer).")] = None,
     uld_weight: Annotated[float | None, typer.Option(help="lambda in CE + lambda * ULD (default 1.5).")] = None,
@@ -673,7 +680,7 @@ def train_rl(
     data: Annotated[
         str | None, typer.Option(help="A `train data` directory, or an eval suite (arithmetic, code, a JSONL file).")
     ] = None,
-    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its [rl] table sets defaults.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe TOML; its \\[rl] table sets defaults.")] = None,
     generations: Annotated[int | None, typer.Option(help="Rollouts per prompt (G).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest rollout, in tokens.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the rollouts.")] = None,

@@ -78,12 +78,15 @@ def read_hyper(ckpt: Checkpoint) -> Hyper:
 
     where = ckpt.path / "config.json"
 
-    def number(kind: type[int] | type[float], *keys: str, default: float | None = None) -> Any:
+    def number(kind: type[int] | type[float], *keys: str, default: float | None = None, least: int = 1) -> Any:
         value = ckpt.get(*keys, default=default)
         if value is None:
             raise QuantError(f"{where} has no {keys[0]}", "is it a complete checkpoint config?")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
             raise QuantError(f"{where}: {keys[0]} is {value!r}, not a number", "fix config.json")
+        # GGUF stores these as 32-bit unsigned integers and positive floats
+        if not (least <= value < 2**32 if kind is int else 0 < value < float("inf")):
+            raise QuantError(f"{where}: {keys[0]} is {value!r}, out of range", "fix config.json")
         return kind(value)
 
     rope = cfg.get("rope_parameters") or {}
@@ -99,7 +102,7 @@ def read_hyper(ckpt: Checkpoint) -> Hyper:
     hp = Hyper(
         arch=arch,
         blocks=number(int, "num_hidden_layers"),
-        mtp_blocks=number(int, "num_nextn_predict_layers", default=0),
+        mtp_blocks=number(int, "num_nextn_predict_layers", default=0, least=0),
         hidden=hidden,
         ff=number(int, "intermediate_size"),
         heads=heads,

@@ -166,6 +166,8 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         config["model_type"] = "gpt_neox"
     elif name == "bad-number":
         config["hidden_size"] = "abc"
+    elif name == "out-of-range":
+        config["max_position_embeddings"] = -5
     elif name == "tied-as-string":
         config["tie_word_embeddings"] = "false"
     elif name == "heads-declared-not-held":
@@ -183,6 +185,7 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         ("wrong-shape", "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], the config says [96, 64]"),
         ("unknown-architecture", "architecture 'gpt_neox'"),
         ("bad-number", "hidden_size is 'abc', not a number"),
+        ("out-of-range", "max_position_embeddings is -5, out of range"),
         ("tied-as-string", "tie_word_embeddings is 'false', not true or false"),
         ("unknown-pre-tokenizer", "unknown pre-tokenizer (Metaspace)"),
         ("heads-declared-not-held", "declares 1 MTP layer(s) (num_nextn_predict_layers) the checkpoint does not hold"),

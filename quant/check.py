@@ -141,7 +141,13 @@ def _check_tokenizer(model: Path, checkpoint: Path, report: CheckReport) -> None
         return
     import llama_cpp
 
-    hf = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    try:
+        hf = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    except Exception as exc:  # the tokenizers package raises its own plain Exception for a missing or bad file
+        raise QuantError(
+            f"cannot read {checkpoint / 'tokenizer.json'} ({str(exc).splitlines()[0][:160]})",
+            "give --against the checkpoint directory the GGUF was exported from",
+        ) from None
     expected: list[Any] = hf.encode(SAMPLE_TEXT, add_special_tokens=False).ids
     try:
         with llama_log_lines(lambda line: None):  # a vocab-only load still logs its (empty) context

@@ -294,6 +294,12 @@ def test_export_and_check_from_the_command_line(smol_checkpoint: Path, tmp_path:
     command = [*run, "check", str(out), "--against", str(smol)]
     unrelated = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert unrelated.returncode == 2 and "BAD architecture" in unrelated.stdout, unrelated.stdout + unrelated.stderr
+    (ckpt / "tokenizer.json").write_text("{}")  # the checkpoint's tokenizer broken: one line, not the package's error
+    broken = subprocess.run(
+        [*run, "check", str(out), "--against", str(ckpt)], capture_output=True, text=True, timeout=120
+    )
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stdout + broken.stderr
+    assert "cannot read" in broken.stderr and "tokenizer.json" in broken.stderr
 
 
 def test_our_fast_metadata_packing_writes_gguf_writers_exact_bytes(smol_checkpoint: Path, tmp_path: Path) -> None:

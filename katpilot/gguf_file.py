@@ -429,15 +429,19 @@ def _data_section_length(tensors: list[_Tensor], alignment: int) -> int:
     return end
 
 
+_NEWEST_PLAUSIBLE_VERSION = 255  # GGUF went from 1 to 3 in two years: a far larger number is a damaged header
+
+
 def _check_version(version: int) -> None:
     if version & 0xFFFF == 0 and version:
         raise _Unsupported("is a big-endian GGUF file", "download the usual little-endian build of the model")
     if version not in _SUPPORTED_VERSIONS:
-        fix = (
-            "convert the model again with a current llama.cpp (GGUF version 1 is no longer supported)"
-            if version < min(_SUPPORTED_VERSIONS)
-            else "upgrade katpilot, or use a file written by an older converter"
-        )
+        if version < min(_SUPPORTED_VERSIONS):
+            fix = "convert the model again with a current llama.cpp (GGUF version 1 is no longer supported)"
+        elif version <= _NEWEST_PLAUSIBLE_VERSION:
+            fix = "upgrade katpilot, or use a file written by an older converter"
+        else:  # no converter writes such a version: the header itself is damaged
+            fix = "the file is damaged: download or export it again"
         raise _Unsupported(f"is GGUF version {version}; katpilot reads versions 2 and 3", fix)
 
 

@@ -173,7 +173,14 @@ def safetensors_files(directory: Path, stem: str) -> list[Path]:
         return [single]
     if index.is_file():
         weight_map = load_json(index).get("weight_map", {})
-        return sorted({directory / str(name) for name in weight_map.values()})
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(n, str) and "/" not in n for n in weight_map.values()
+        ):
+            raise QuantError(
+                f"{index}: weight_map is not an object of tensor names to file names in {directory}",
+                "save the checkpoint again with save_pretrained",
+            )
+        return sorted({directory / name for name in weight_map.values()})
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
         raise QuantError(
             f"{directory} holds PyTorch pickles, not safetensors",

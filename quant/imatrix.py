@@ -247,11 +247,11 @@ def load_imatrix(path: Path) -> Imatrix:
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise QuantError(f"{path} is not a GGUF file ({exc})", fix) from None
     tensors = {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}
-    matrix = Imatrix(
-        chunks=int(_field(reader, gguf.Keys.IMatrix.CHUNK_COUNT) or 0),
-        chunk_size=int(_field(reader, gguf.Keys.IMatrix.CHUNK_SIZE) or 0),
-        datasets=[str(d) for d in _field(reader, gguf.Keys.IMatrix.DATASETS) or []],
-    )
+    chunks, size = _field(reader, gguf.Keys.IMatrix.CHUNK_COUNT) or 0, _field(reader, gguf.Keys.IMatrix.CHUNK_SIZE) or 0
+    datasets = _field(reader, gguf.Keys.IMatrix.DATASETS) or []
+    if not isinstance(chunks, int) or not isinstance(size, int) or not isinstance(datasets, list):
+        raise QuantError(f"{path}: its chunk count, chunk size or datasets have the wrong type", fix)
+    matrix = Imatrix(chunks=chunks, chunk_size=size, datasets=[str(d) for d in datasets])
     for key, sums in tensors.items():
         if not key.endswith(".in_sum2"):
             continue
@@ -259,6 +259,8 @@ def load_imatrix(path: Path) -> Imatrix:
         counts = tensors.get(f"{name}.counts")
         if counts is None or counts.size != sums.reshape(-1, sums.shape[-1]).shape[0] or np.any(counts < 0):
             raise QuantError(f"{path}: {name} has no row counts to go with its sums", fix)
+        if not (np.all(np.isfinite(counts)) and np.all(np.isfinite(sums))):
+            raise QuantError(f"{path}: {name} holds values that are not finite numbers", fix)
         seen = counts.reshape(-1, 1)
         # A matrix no calibration row reached (an unused expert) weighs every column alike, as llama.cpp does.
         means = np.where(seen > 0, sums.reshape(counts.size, -1) / np.maximum(seen, 1), 1.0)

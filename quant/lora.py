@@ -58,7 +58,14 @@ def open_adapter(path: Path) -> Adapter:
         raise QuantError(f"{path} is a DoRA adapter", "llama.cpp has no DoRA: merge it in PEFT and export the result")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise QuantError(f"{path} uses per-module ranks or alphas", "export adapters with one rank and alpha")
-    rank, alpha = int(config.get("r") or 0), float(config.get("lora_alpha") or 8)  # PEFT's default alpha
+    rank, alpha = config.get("r") or 0, config.get("lora_alpha") or 8  # PEFT's default alpha
+    if (
+        isinstance(rank, bool)
+        or not isinstance(rank, int)
+        or isinstance(alpha, bool)
+        or not isinstance(alpha, int | float)
+    ):
+        raise QuantError(f"{path / 'adapter_config.json'}: r and lora_alpha must be numbers", "is it a PEFT adapter?")
     if rank <= 0:
         raise QuantError(f"{path / 'adapter_config.json'} has no rank r", "is it a complete adapter?")
     tensors: dict[str, TensorRef] = {}
@@ -85,7 +92,7 @@ def open_adapter(path: Path) -> Adapter:
     if not pairs:
         raise QuantError(f"{path} holds no LoRA factors", "is it a complete adapter?")
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    return Adapter(path, rank, alpha, scale, pairs)
+    return Adapter(path, rank, float(alpha), scale, pairs)
 
 
 def adapter_base(adapter_dir: Path) -> Path:

@@ -266,6 +266,12 @@ def test_version_99(tmp_path: Path, model_bytes: bytes) -> None:
     assert "version 99" in line and "upgrade" in line
 
 
+def test_a_damaged_version_field_says_damaged_not_upgrade(tmp_path: Path, model_bytes: bytes) -> None:
+    path = _write(tmp_path / "vx.gguf", _patch(model_bytes, 4, struct.pack("<I", 0x3F2A0007)))
+    line = _error_line(path)
+    assert "damaged" in line and "upgrade" not in line
+
+
 def test_version_1(tmp_path: Path, model_bytes: bytes) -> None:
     path = _write(tmp_path / "v1.gguf", _patch(model_bytes, 4, struct.pack("<I", 1)))
     assert "version 1" in _error_line(path)

@@ -168,6 +168,9 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         config["hidden_size"] = "abc"
     elif name == "out-of-range":
         config["max_position_embeddings"] = -5
+    elif name == "bad-shard-index":
+        (ckpt / "model.safetensors").unlink()
+        (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": [1]}))
     elif name == "tied-as-string":
         config["tie_word_embeddings"] = "false"
     elif name == "heads-declared-not-held":
@@ -186,6 +189,7 @@ def _broken(tmp_path: Path, smol_checkpoint: Path, name: str) -> Path:
         ("unknown-architecture", "architecture 'gpt_neox'"),
         ("bad-number", "hidden_size is 'abc', not a number"),
         ("out-of-range", "max_position_embeddings is -5, out of range"),
+        ("bad-shard-index", "weight_map is not an object of tensor names to file names"),
         ("tied-as-string", "tie_word_embeddings is 'false', not true or false"),
         ("unknown-pre-tokenizer", "unknown pre-tokenizer (Metaspace)"),
         ("heads-declared-not-held", "declares 1 MTP layer(s) (num_nextn_predict_layers) the checkpoint does not hold"),

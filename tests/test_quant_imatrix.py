@@ -124,6 +124,18 @@ def test_the_matrix_file_is_llama_cpps_imatrix_gguf(matrix: Imatrix, model_path:
         load_imatrix(tmp_path / "notes.txt")
     with pytest.raises(QuantError, match="does not exist"):
         load_imatrix(tmp_path / "missing.gguf")
+    for count, says in ((np.nan, "not finite numbers"), (np.inf, "not finite numbers")):
+        odd = tmp_path / "odd.imatrix.gguf"  # written by hand: counts no tool would write
+        writer = gguf.GGUFWriter(odd, "llama")
+        writer.add_type(gguf.GGUFType.IMATRIX)
+        writer.add_tensor("blk.0.attn_q.weight.in_sum2", np.ones((1, 576), dtype=np.float32))
+        writer.add_tensor("blk.0.attn_q.weight.counts", np.array([[count]], dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with pytest.raises(QuantError, match=says):
+            load_imatrix(odd)
 
 
 def test_calibration_text_never_holds_a_withheld_secret(tmp_path: Path) -> None:

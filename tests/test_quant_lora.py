@@ -81,6 +81,9 @@ def test_adapters_llama_cpp_cannot_run_are_refused_by_name(
     (dora / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
     with pytest.raises(QuantError, match="DoRA"):
         export_adapter(dora, smol_checkpoint, tmp_path / "x.gguf")
+    (dora / "adapter_config.json").write_text(json.dumps(config | {"r": "x"}))
+    with pytest.raises(QuantError, match="r and lora_alpha must be numbers"):
+        export_adapter(dora, smol_checkpoint, tmp_path / "x.gguf")
     with pytest.raises(QuantError, match="f32, f16 or bf16"):
         export_adapter(adapter_dir, smol_checkpoint, tmp_path / "x.gguf", "q4_k_m")
     other = tmp_path / "tiny"

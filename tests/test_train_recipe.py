@@ -130,6 +130,17 @@ def test_a_recipe_runs_its_stages_chained_and_skips_them_once_done(smol_checkpoi
         ("[run]\nmodel = 'x'\n[quant]\n[eval]\nmodes = 'auto,maybe'\n", "'maybe' is not a think mode"),
         ("[run]\nmodel = 'x'\n[quant]\n[eval]\nmax_tokens = 'many'\n", "[eval] max_tokens must be an integer"),
         ("[data\n", "cannot read the recipe"),
+        ("[data]\nvotes = 'two'\n", "[data] votes must be a whole number of at least 1, not 'two'"),
+        ("[data]\nteacher = 5\n", "[data] teacher must be a string, not 5"),
+        ("[data]\nmargin = 2\n", "[data] margin must be a number within [0, 1], not 2"),
+        ("[data]\ntasks = 'arithmetc'\n", "arithmetc"),
+        ("[run]\nmodel = 'x'\nname = 'bad name!'\n[quant]\n", "'bad name!' cannot name a model"),
+        ("[run]\nmodel = 5\n[quant]\n", "[run] model must be a string, not 5"),
+        ("[run]\nmodel = 'x'\n[quant]\ntype = 'q9_9'\n", "[quant] type 'q9_9' is not a quantization type"),
+        ("[run]\nmodel = 'x'\n[quant]\n[eval]\nsuite = 'bogus'\n", "[eval] suite 'bogus' is neither a bundled"),
+        ("[sft]\nepochs = nan\n", "[sft] epochs must be a finite number, not nan"),
+        ("[sft]\nwarmup_ratio = -1.0\n", "warmup_ratio must be within [0, 1], not -1.0"),
+        ("[sft]\nweight_decay = -0.1\n", "weight_decay must be >= 0, not -0.1"),
     ],
 )
 def test_bad_recipes_are_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -160,6 +171,24 @@ def test_the_quant_stage_exports_once_and_again_only_when_its_model_changed(
     assert not quant_stage({"type": "q8_0"}, tiny, out, "mine", None).skipped
     with pytest.raises(KatpilotError, match="unknown key 'typ'"):
         run_recipe(_bad_recipe(tmp_path, '[quant]\ntyp = "q8_0"\n'), config_mod.load_settings().settings)
+
+
+def test_a_recipe_never_takes_over_a_directory_holding_other_files(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[run]\nmodel = "x"\nout = "proj"\n\n[quant]\n\n[eval]\n', encoding="utf-8")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.md").write_text("mine\n")
+    with pytest.raises(KatpilotError, match=r"holds files that are not a recipe's run \(notes\.md\)"):
+        run_recipe(recipe, config_mod.load_settings().settings, echo=lambda line: None)
+    assert [p.name for p in proj.iterdir()] == ["notes.md"]
+    from trainer.recipe_stages import eval_stage
+
+    (proj / "eval").mkdir()
+    (proj / "eval" / "mine.txt").write_text("mine\n")  # an eval/ the recipe did not make is not replaced
+    with pytest.raises(KatpilotError, match="holds files and no recipe evaluation"):
+        eval_stage({}, recipe, proj / "eval", "m", None, config_mod.load_settings().settings)
+    assert (proj / "eval" / "mine.txt").read_text() == "mine\n"
 
 
 def _bad_recipe(tmp_path: Path, text: str) -> Path:

@@ -4,6 +4,7 @@ and (slow) the embedded model learning the AutoThink format and its labelled mod
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -180,14 +181,53 @@ def test_resume_after_a_kill_reproduces_the_next_steps_loss(tiny: Path, arithmet
         run_sft(
             resolve(None, "sft", flags), cut, callbacks=[stop_at(3)]
         )  # killed after checkpoint-2 ... and step 3? no: before
-    result = run_sft(resolve(None, "sft", flags), cut)
-    assert result.resumed
+    cut_off = cut / run_dir.CHECKPOINTS / "checkpoint-4"  # a save cut off by Ctrl-C: no trainer_state.json
+    shutil.copytree(cut / run_dir.CHECKPOINTS / "checkpoint-2", cut_off)
+    (cut_off / "trainer_state.json").unlink()
+    result = run_sft(resolve(None, "sft", flags), cut)  # resumes from checkpoint-2, the last whole one
+    assert result.resumed and (cut_off / "trainer_state.json").is_file()  # step 4 saved again, whole
     expected = {r["step"]: r["loss"] for r in run_dir.read_metrics(whole)}
     got = {r["step"]: r["loss"] for r in run_dir.read_metrics(cut)}
     assert sorted(got) == [1, 2, 3, 4, 5]
     assert got[3] == expected[3] and got[5] == expected[5]  # exactly: same data position, RNG and optimizer
     with pytest.raises(KatpilotError, match="another batch_size"):
         run_sft(resolve(None, "sft", flags | {"batch_size": 2}), cut)
+
+
+def test_an_out_holding_other_files_is_refused_and_a_run_with_no_result_may_start_over(
+    tiny: Path, arithmetic_data: Path, tmp_path: Path
+) -> None:
+    flags = {"model": str(tiny), "data": str(arithmetic_data), "method": "full", "max_steps": 1, "batch_size": 4}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    with pytest.raises(KatpilotError, match="holds files and no katpilot sft run"):
+        run_sft(resolve(None, "sft", flags), mine)
+    assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my notes\n"
+    out = tmp_path / "run"
+    with pytest.raises(KatpilotError, match="no model at"):  # a wrong --model: nothing trained
+        run_sft(resolve(None, "sft", flags | {"model": str(tmp_path / "nope.gguf")}), out)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(KatpilotError, match=r"cut\.gguf"):
+        run_sft(resolve(None, "sft", flags | {"model": str(truncated)}), out)
+    assert run_sft(resolve(None, "sft", flags), out).steps == 1  # the right model: the same --out starts over
+
+
+def test_an_adapter_trained_on_a_gguf_is_not_a_next_stages_model(tmp_path: Path) -> None:
+    import json
+
+    from trainer.model_io import load_student
+
+    folder = tmp_path / "gguf-folder"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"GGUF")
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder)}))
+    with pytest.raises(KatpilotError, match="holds no Hugging Face checkpoint") as caught:
+        load_student(adapter)
+    assert "merge = true" in caught.value.fix
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.gguf_file import FIM_TRIPLES
-from quant.checkpoint import quiet_about_mtp_heads
+from quant.checkpoint import load_json, quiet_about_mtp_heads
 
 # A fixed order, so two runs give the tags the same ids.
 AUTOTHINK_TAGS = (
@@ -46,9 +46,19 @@ def load_student(spec: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _resolve(spec)
+    if not path.exists():
+        raise KatpilotError(
+            f"no model at {path}", "give a checkpoint directory, a GGUF file, or a name `katpilot models` lists"
+        )
+    if path.is_file():
+        from katpilot.gguf_file import read_gguf
+
+        read_gguf(path)  # a truncated or corrupt GGUF is one line naming it, before transformers parses it
     try:
         if path.is_dir() and (path / "adapter_config.json").is_file():  # a LoRA run's final/: merged in
             from peft import AutoPeftModelForCausalLM
+
+            _check_adapter_base(path)
 
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoPeftModelForCausalLM.from_pretrained(path, dtype="auto").merge_and_unload()
@@ -122,6 +132,21 @@ def _note_template(tokenizer: Any) -> None:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and gate.THINK_ON not in template:
         tokenizer.chat_template = TEMPLATE_NOTE + template
+
+
+def _check_adapter_base(adapter: Path) -> None:
+    """An adapter trained on a GGUF names the GGUF's folder as its base, which transformers cannot load
+    alone: say so, and how to hand the next stage a model, before peft fails on it."""
+    named = str(load_json(adapter / "adapter_config.json").get("base_model_name_or_path") or "")
+    base = Path(named).expanduser()
+    if named and not base.is_absolute() and not base.exists():
+        base = adapter / named
+    if named and base.is_dir() and not (base / "config.json").is_file():
+        raise KatpilotError(
+            f"the LoRA adapter {adapter} names {named} as its base, which holds no Hugging Face checkpoint "
+            "(the run trained on a GGUF)",
+            "train with merge = true and give its final/merged, or train with method = full",
+        )
 
 
 def _resolve(spec: str | Path) -> Path:

@@ -43,6 +43,7 @@ TRAINING = ("distill", "drill", "sft", "rl")
 DRILL_KEYS = {"count", "levels"}  # the drill's problems; the rest of [drill] is SFT's
 RUN_KEYS = {"out", "model", "name"}
 REPORT_FILE = "report.md"
+DRILL_DATA = "drill-data"  # the drill's records, built by the data command
 DATA_KEYS = {
     "repo", "tasks", "teacher", "critic", "prompts", "limit", "drill", "drill_levels", "jobs", "span",
     "votes", "margin", "random_share", "intent_share", "retries", "seed",
@@ -90,6 +91,13 @@ def _check_tables(recipe: dict[str, Any]) -> None:
     unknown_run = sorted(set(recipe.get("run", {})) - RUN_KEYS)
     if unknown_run:
         raise KatpilotError(f"[run] has an unknown key {unknown_run[0]!r}", f"known: {', '.join(sorted(RUN_KEYS))}")
+    for key, value in recipe.get("run", {}).items():
+        if not isinstance(value, str):
+            raise KatpilotError(f"[run] {key} must be a string, not {value!r}", f'write {key} = "..."')
+    if "name" in recipe.get("run", {}):
+        from katpilot.models import check_model_name
+
+        check_model_name(recipe["run"]["name"])  # the export is named after it: refused now, not after training
     if "eval" in recipe and "quant" not in recipe:
         raise KatpilotError("[eval] measures the [quant] stage's GGUF, and the recipe has no [quant]", "add [quant]")
     if "quant" in recipe and not any(stage in recipe for stage in TRAINING) and not recipe.get("run", {}).get("model"):
@@ -108,6 +116,7 @@ def _check_tables(recipe: dict[str, Any]) -> None:
                 raise KatpilotError(
                     f"[data] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(DATA_KEYS))}"
                 )
+            _check_data_values(table)
         elif stage == "drill":
             if "data" in table:
                 raise KatpilotError("[drill] builds its own data (count, levels)", "remove data = ... from [drill]")
@@ -115,6 +124,33 @@ def _check_tables(recipe: dict[str, Any]) -> None:
             resolve(None, stage, _without(table, DRILL_KEYS), schema=_schema(stage))
         else:
             resolve(None, stage, table, schema=_schema(stage))
+
+
+DATA_TEXT = ("repo", "tasks", "teacher", "critic", "prompts")
+DATA_COUNTS = {"limit": 1, "drill": 0, "jobs": 1, "span": 0, "votes": 1, "retries": 0, "seed": 0}  # key: least
+DATA_SHARES = ("margin", "random_share", "intent_share")  # within [0, 1]
+
+
+def _check_data_values(table: dict[str, Any]) -> None:
+    """[data]'s values, typed and in range when the recipe is read (the data stage's own flags are
+    typed by the CLI; a recipe's are not)."""
+    from trainer.data.sources import parse_kinds, parse_levels
+
+    for key in DATA_TEXT:
+        if key in table and not isinstance(table[key], str):
+            raise KatpilotError(f"[data] {key} must be a string, not {table[key]!r}", f'write {key} = "..."')
+    for key, least in DATA_COUNTS.items():
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise KatpilotError(
+                f"[data] {key} must be a whole number of at least {least}, not {value!r}", f"write {key} = {least}"
+            )
+    for key in DATA_SHARES:
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise KatpilotError(f"[data] {key} must be a number within [0, 1], not {value!r}", f"write {key} = 0.1")
+    parse_kinds(str(table.get("tasks", "arithmetic")))
+    parse_levels(table.get("drill_levels", "1"))
 
 
 def release_memory() -> None:
@@ -166,6 +202,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
         root = root if root.is_absolute() else path.parent / root
     else:
         root = path.with_suffix("")
+    _check_root(root)
     result = RecipeResult(root)
     trained = [stage for stage in TRAINING if stage in recipe]
     for before, after in itertools.pairwise(trained):
@@ -213,7 +250,7 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
                 chained["model"] = model
             if stage == "drill":
                 table = _without(table, DRILL_KEYS)
-                chained["data"] = str(_drill_data(recipe, root / "drill-data", settings, echo))
+                chained["data"] = str(_drill_data(recipe, root / DRILL_DATA, settings, echo))
             elif data_dir is not None and "data" not in table:
                 chained["data"] = str(data_dir)
             summary, skipped, final = _training_stage(stage, table, chained, stage_out, path, settings, echo)
@@ -225,6 +262,22 @@ def run_recipe(path: Path, settings: Any, echo: Callable[[str], None] = print, o
 
     result.report = write_recipe_report(root / REPORT_FILE, path, result)
     return result
+
+
+RUN_ENTRIES = frozenset({*STAGES, DRILL_DATA, REPORT_FILE})  # all a recipe writes in its directory
+
+
+def _check_root(root: Path) -> None:
+    """Refuse a directory holding anything a recipe does not write there: its stages would replace
+    (eval/) or mix with what is there, and its report.md would be replaced."""
+    if not root.is_dir():
+        return
+    strangers = sorted(p.name for p in root.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    if strangers:
+        raise KatpilotError(
+            f"{root} holds files that are not a recipe's run ({', '.join(strangers[:3])})",
+            "give [run] out (or --out) a new or empty directory, or this recipe's own earlier one",
+        )
 
 
 def _baseline(

@@ -47,6 +47,19 @@ def check_table(stage: str, table: dict[str, Any]) -> None:
         raise KatpilotError(f"[{stage}] has an unknown key {unknown[0]!r}", f"known: {', '.join(sorted(known))}")
     if stage == "eval":
         _check_eval_values(table)
+    else:
+        _check_quant_values(table)
+
+
+def _check_quant_values(table: dict[str, Any]) -> None:
+    from quant.quantize import TYPES
+
+    for key in QUANT_KEYS:
+        if key in table and not isinstance(table[key], str):
+            raise KatpilotError(f"[quant] {key} must be a string, not {table[key]!r}", f'write {key} = "..."')
+    kind = str(table.get("type", "q8_0"))
+    if kind.lower() not in TYPES:
+        raise KatpilotError(f"[quant] type {kind!r} is not a quantization type", f"use one of {', '.join(TYPES)}")
 
 
 def _check_eval_values(table: dict[str, Any]) -> None:
@@ -66,6 +79,14 @@ def _check_eval_values(table: dict[str, Any]) -> None:
         if problem:
             raise KatpilotError(f"[eval] {key} {problem}", f"write {fixed}")
     parse_modes(str(table.get("modes", "auto,on,off")))
+    from katpilot.eval.suites import BUNDLED
+
+    suite = table.get("suite", "arithmetic")
+    if not isinstance(suite, str) or (suite not in BUNDLED and not Path(suite).expanduser().is_file()):
+        raise KatpilotError(
+            f"[eval] suite {suite!r} is neither a bundled suite nor a file",
+            f"use {', '.join(BUNDLED)}, or the path of a HumanEval, MBPP or GSM8K .jsonl file",
+        )
 
 
 def quant_stage(
@@ -138,6 +159,10 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
     measured = {k: v for k, v in table.items() if k != "jobs"}  # how many at once changes no figure
     stamp = {"table": measured, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
     stamp_path = out / STAMP_FILE
+    if not stamp_path.is_file() and out.is_dir() and any(out.iterdir()):
+        raise KatpilotError(  # only the recipe's own evaluations are replaced
+            f"{out} holds files and no recipe evaluation", "give [run] out (or --out) a new or empty directory"
+        )
     if not stamp_path.is_file() or json.loads(stamp_path.read_text()) != stamp:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from katpilot.errors import KatpilotError
 from katpilot.eval.records import make_output_dir, write_atomic
-from trainer.config import Resolved, read_toml, to_toml
+from trainer.config import Resolved, to_toml
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -40,14 +40,19 @@ def is_main_process() -> bool:
 
 
 def prepare(out: Path, resolved: Resolved, table: str) -> bool:
-    """Make the run directory (or check a resumed one's config); True when resuming."""
+    """Make the run directory (or check a resumed one's config); True when resuming.
+
+    A directory that holds files but no run of this kind is refused (its report.md and metrics would
+    be replaced). Settings are fixed once the run has a result to resume from (a checkpoint or
+    final/): before that, a rerun with other settings simply starts again (say, after a wrong --model)."""
     make_output_dir(out)
     if not is_main_process():
         return last_checkpoint(out) is not None
-    path = out / CONFIG_FILE
-    if path.exists():
-        before = read_toml(path, table)
-        now = read_toml_text(to_toml(resolved, table), table)
+    before = _existing_settings(out, table)
+    _drop_unfinished_checkpoints(out)
+    text = to_toml(resolved, table)
+    if before is not None and (last_checkpoint(out) is not None or (out / FINAL).exists()):
+        now = read_toml_text(text, table)
         changed = [k for k in sorted(set(before) | set(now)) if k not in MAY_CHANGE and before.get(k) != now.get(k)]
         if changed:
             key = changed[0]
@@ -55,10 +60,43 @@ def prepare(out: Path, resolved: Resolved, table: str) -> bool:
                 f"{out} holds a run with another {key} ({before.get(key)!r}, now {now.get(key)!r})",
                 "give another --out, or delete that directory to start over",
             )
-    write_atomic(path, to_toml(resolved, table))
+    write_atomic(out / CONFIG_FILE, text)
     checkpoint = last_checkpoint(out)
     _keep_metrics_until(out, checkpoint_step(checkpoint) if checkpoint else 0)
     return checkpoint is not None
+
+
+def _existing_settings(out: Path, table: str) -> dict[str, Any] | None:
+    """The [table] settings of the run in `out`; None for a new or empty directory."""
+    import tomllib
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        section = tomllib.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get(table)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        section = None
+    if not isinstance(section, dict):
+        raise KatpilotError(f"{out} holds files and no katpilot {table} run", "give --out a new or empty directory")
+    return section
+
+
+def _complete(checkpoint: Path) -> bool:
+    """transformers writes trainer_state.json last: without it a checkpoint was cut off mid-save."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _drop_unfinished_checkpoints(out: Path) -> None:
+    """A save cut off (Ctrl-C, a full disk) leaves a checkpoint nothing can resume from: removed, so
+    the run resumes from the last whole one."""
+    import shutil
+
+    for checkpoint in _checkpoints(out):
+        if not _complete(checkpoint):
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -80,13 +118,16 @@ def read_toml_text(text: str, table: str) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """checkpoint-N directories, by step."""
+    found = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    return sorted(found, key=checkpoint_step)
+
+
 def last_checkpoint(out: Path) -> Path | None:
-    folder = out / CHECKPOINTS
-    found = sorted(
-        folder.glob("checkpoint-*"),
-        key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1,
-    )
-    return found[-1] if found else None
+    """The latest whole checkpoint (see `_complete`)."""
+    whole = [p for p in _checkpoints(out) if _complete(p)]
+    return whole[-1] if whole else None
 
 
 class MetricsLog:

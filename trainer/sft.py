@@ -179,6 +179,11 @@ def train(trainer: Any, resumed: bool) -> Any:
 
     try:
         return trainer.train(resume_from_checkpoint=True if resumed else None)
+    except OSError as exc:  # a checkpoint that cannot be written: a full disk, a read-only directory
+        raise KatpilotError(
+            f"cannot write {exc.filename or trainer.args.output_dir} ({exc.strerror or exc})",
+            "free disk space or make --out writable, then rerun: the run resumes from its last whole checkpoint",
+        ) from None
     except torch.OutOfMemoryError:
         raise KatpilotError(
             "out of memory while training",

@@ -239,6 +239,14 @@ def new_session(
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def check_model_name(name: str) -> None:
+    """A name `katpilot models` can list and `--model` can take (it is also the registered file's name)."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ModelFileError(
+            f"{name!r} cannot name a model", "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+
+
 def register_model(path: Path, name: str) -> Path:
     """Put the GGUF at `path` (and its MTP companion) into katpilot's own store as `name`, so
     `katpilot models` lists it and `--model NAME` loads it; returns the registered file.
@@ -249,10 +257,7 @@ def register_model(path: Path, name: str) -> Path:
     from katpilot.gguf_file import read_gguf
     from katpilot.paths import models_dir
 
-    if not _MODEL_NAME.fullmatch(name):
-        raise ModelFileError(
-            f"{name!r} cannot name a model", "use letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )
+    check_model_name(name)
     summary = read_gguf(path)  # a broken file is refused before it is listed
     store = models_dir()
     store.mkdir(parents=True, exist_ok=True)

@@ -258,6 +258,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     repo = write_repo(tmp_path / "repo")
     with pytest.raises(KatpilotError, match="needs a model teacher"):
         run_data(_settings(), DataRun(out=tmp_path / "x", kinds=("complete",), repo=repo, limit=1))
+    with pytest.raises(KatpilotError, match="--jobs must be at least 1"):  # with no model to load as well
+        run_data(_settings(), DataRun(out=tmp_path / "x", kinds=("arithmetic",), teacher="programmatic", jobs=0))
     proc = subprocess.run(
         [*KATPILOT, "train", "data", str(repo), "--tasks", "fix", "--votes", "0", "--out", str(tmp_path / "y")],
         capture_output=True,

@@ -450,5 +450,9 @@ def test_the_command_reports_missing_inputs_and_bad_data_in_one_line(tmp_path: P
     proc = run("--model", "x", "--data", str(bad))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "line 1: item.prompt must be a non-empty string" in proc.stderr
+    item = {"id": "x", "prompt": "What is 2 + 2?", "verifier": "numeric", "expected": "4"}
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "item": item, "level": "hard"}) + "\n")
+    proc = run("--model", "x", "--data", str(bad))
+    assert proc.returncode == 2 and "line 1: level must be a whole number, not 'hard'" in proc.stderr, proc.stderr
     proc = run("--model", "x", "--data", "arithmetic", "--loss-type", "ppo")
     assert proc.returncode == 2 and "loss_type must be one of grpo, bnpo, dr_grpo, dapo" in proc.stderr

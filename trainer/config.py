@@ -7,6 +7,7 @@ settings is refused (a run is one configuration).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -72,8 +73,15 @@ class SFTConfig:
             problems.append("forced_share must be within [0, 1]")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.learning_rate < 0 or self.epochs <= 0 or not 0 <= self.lora_dropout < 1:
-            problems.append("learning_rate must be >= 0, epochs > 0 and lora_dropout within [0, 1)")
+        for name, value, rule, holds in (
+            ("learning_rate", self.learning_rate, ">= 0", self.learning_rate >= 0),
+            ("epochs", self.epochs, "> 0", self.epochs > 0),
+            ("lora_dropout", self.lora_dropout, "within [0, 1)", 0 <= self.lora_dropout < 1),
+            ("warmup_ratio", self.warmup_ratio, "within [0, 1]", 0 <= self.warmup_ratio <= 1),
+            ("weight_decay", self.weight_decay, ">= 0", self.weight_decay >= 0),
+        ):
+            if not holds:
+                problems.append(f"{name} must be {rule}, not {value!r}")
         if problems:
             raise KatpilotError("; ".join(problems), "fix the recipe or the flags")
 
@@ -194,8 +202,8 @@ def resolve(recipe: Path | None, table: str, flags: dict[str, Any], schema: type
     if recipe is not None:
         try:
             data = tomllib.loads(recipe.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise KatpilotError(f"cannot read the recipe {recipe} ({exc})", "give a TOML file") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise KatpilotError(f"cannot read the recipe {recipe} ({exc})", "give a TOML file (UTF-8)") from None
         section = data.get(table, {})
         if not isinstance(section, dict):
             raise KatpilotError(f"{recipe}: [{table}] must be a table", "write it as [sft] with key = value lines")
@@ -215,7 +223,11 @@ def resolve(recipe: Path | None, table: str, flags: dict[str, Any], schema: type
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(values[key], want) or (want is int and isinstance(value, bool)):
-            raise KatpilotError(f"{key} must be a {want.__name__}, not {value!r}", "fix the recipe or the flag")
+            raise KatpilotError(
+                f"[{table}] {key} must be a {want.__name__}, not {value!r}", "fix the recipe or the flag"
+            )
+        if want is float and not math.isfinite(values[key]):
+            raise KatpilotError(f"[{table}] {key} must be a finite number, not {value!r}", "fix the recipe or the flag")
     return Resolved(schema(**values), sources)
 
 

@@ -76,6 +76,8 @@ def run_data(
     started = time.perf_counter()
     if run.limit is not None and run.limit < 1:
         raise KatpilotError("--limit must be at least 1", "give how many tasks to run")
+    if run.jobs < 1:
+        raise KatpilotError("--jobs must be at least 1", "give how many workers to run at once")
     if run.repo is not None and not run.repo.is_dir():
         raise KatpilotError(f"{run.repo} is not a directory", "give the repository's root directory")
     tasks = collect_tasks(

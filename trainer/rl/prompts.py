@@ -71,13 +71,16 @@ def _from_dataset(path: Path) -> LoadedPrompts:
         if not turns:
             raise KatpilotError(f"{where}: no user message before the answer", "fix the record")
         label = row.get("mode")
+        level = row.get("level") or 0
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise KatpilotError(f"{where}: level must be a whole number, not {level!r}", "fix the record")
         prompts.append(
             RLPrompt(
                 turns,
                 item,
                 label if label in ("on", "off") else None,
                 str(row.get("kind") or "data"),
-                int(row.get("level") or 0),
+                level,
             )
         )
     if not prompts:

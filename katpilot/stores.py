@@ -130,11 +130,23 @@ def _listdir(path: Path, notes: list[str], source: str) -> list[Path]:
         return []
 
 
-def _ggufs(directory: Path, notes: list[str], source: str, recursive: bool = False) -> Iterator[Path]:
-    """The model files of a directory: *.gguf, once per split model, projectors left out."""
+def _ggufs(
+    directory: Path, notes: list[str], source: str, recursive: bool = False, seen: set[tuple[int, int]] | None = None
+) -> Iterator[Path]:
+    """The model files of a directory: *.gguf, once per split model, projectors left out. Each
+    directory is walked once, so a symbolic link back up the tree is not followed round and round."""
+    seen = set() if seen is None else seen
+    try:
+        info = directory.stat()
+    except OSError:
+        info = None  # _listdir says why it cannot be read
+    if info is not None:
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
     for entry in _listdir(directory, notes, source):
         if entry.is_dir() and recursive:
-            yield from _ggufs(entry, notes, source, recursive)
+            yield from _ggufs(entry, notes, source, recursive, seen)
             continue
         name = entry.name.lower()
         if not name.endswith(".gguf") or "mmproj" in name or not entry.is_file():

@@ -103,6 +103,7 @@ def test_store_names_and_split_files_with_separate_blobs(katpilot_home: Path, mo
     extra = home / "my-models"
     extra.mkdir()
     shutil.copy(model_path, extra / "mine.gguf")
+    (extra / "again").symlink_to(extra, target_is_directory=True)  # a link back up: walked once, no notes
     from katpilot.models import model_dirs
 
     settings = load_settings({"model_dirs": str(extra)}).settings
@@ -117,6 +118,12 @@ def test_store_names_and_split_files_with_separate_blobs(katpilot_home: Path, mo
         "mine": "dir",
     }
     assert found.notes == []
+    from katpilot.stores import stored_models
+
+    walked, _ = stored_models({}, [extra])
+    assert [m.path for m in walked if m.source == "dir"] == [
+        extra / "mine.gguf"
+    ]  # the link back up: not followed round
 
 
 def test_model_names_resolve_exactly_with_latest_implied_or_by_unique_prefix(

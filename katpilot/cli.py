@@ -232,6 +232,10 @@ def models_list(
             quant, arch, profile = (h.quantization, h.architecture, h.profile) if h else ("", "", "")
             size = f"{h.file_size / 2**20:.0f} MiB" if h else m.problem or "missing"
             typer.echo(f"{mark} {m.name:<32} {size:>9}  {quant:<7} {arch:<10} {profile:<7} {m.source:<11} {m.path}")
+    if verbose:
+        for m in listed:
+            if m.reason:  # an alias of the config's [models] table that is listed but cannot load
+                typer.echo(f"katpilot: models.{m.name}: {m.reason}", err=True)
     if notes and verbose:
         for note in notes:
             typer.echo(f"katpilot: {note}", err=True)

@@ -75,6 +75,7 @@ class ListedModel:
     header: ModelHeader | None
     problem: str | None = None
     aliases: tuple[str, ...] = ()  # other names of the same file
+    reason: str | None = None  # why it is unusable or missing, in a sentence
 
     def to_json(self, default: Path | None = None) -> dict[str, object]:
         header = asdict(self.header) if self.header else {}
@@ -86,6 +87,7 @@ class ListedModel:
             **header,
             "aliases": list(self.aliases),
             "problem": self.problem,
+            "reason": self.reason,
         }
 
 
@@ -99,13 +101,18 @@ def list_models(settings: Settings) -> tuple[list[ListedModel], list[str]]:
         if remote_spec(settings.models.get(known.name), settings):
             rows.append(ListedModel(known.name, known.path, "server", None, "server"))
             continue
+        if known.path.is_dir():
+            reason = f"{known.path} is a directory, not a GGUF file"
+            rows.append(ListedModel(known.name, known.path, known.source, None, "unusable", reason=reason))
+            continue
         try:
             header = cache.header(known.path)
-        except OSError:
-            rows.append(ListedModel(known.name, known.path, known.source, None, "missing"))
+        except OSError as exc:
+            reason = f"{known.path}: {exc.strerror or exc}"
+            rows.append(ListedModel(known.name, known.path, known.source, None, "missing", reason=reason))
             continue
         if isinstance(header, str):
-            rows.append(ListedModel(known.name, known.path, known.source, None, "unusable"))
+            rows.append(ListedModel(known.name, known.path, known.source, None, "unusable", reason=header))
         else:
             rows.append(ListedModel(known.name, known.path, known.source, header))
     found = discover(model_dirs=model_dirs(settings), cache=cache)  # saves the cache

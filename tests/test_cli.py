@@ -174,6 +174,13 @@ def test_models_alias_from_config(katpilot_home: Path, model_path: Path, tmp_pat
     assert "small" in run("models").stdout
     result = run("ask", "--model", "small", "--json", "--think", "off", "--max-tokens", "5", "hi")
     assert result.returncode == 0, result.stderr
+    config.write_text(f'[models]\nsmall = "{alias_target}"\nfolder = "{tmp_path}"\ngone = "{tmp_path / "no.gguf"}"\n')
+    rows = {row["name"]: row for row in json.loads(run("models", "--json").stdout)}
+    assert rows["folder"]["problem"] == "unusable" and "is a directory, not a GGUF file" in rows["folder"]["reason"]
+    assert rows["gone"]["problem"] == "missing" and "No such file" in rows["gone"]["reason"]
+    assert rows["small"]["reason"] is None
+    said = run("models", "--verbose").stderr
+    assert f"models.folder: {tmp_path} is a directory" in said and "models.gone:" in said
 
 
 def test_non_utf8_stdin_still_reaches_the_model() -> None:

@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from katpilot.eval.records import RECORDS_FILE, RUN_FILE, Record, read_journal
+from katpilot.eval.command import RESULTS_FILE
+from katpilot.eval.records import RECORDS_FILE, Record, read_journal
 from katpilot.eval.suites import load_suite
 from trainer.recipe_report import level_thirds
 
@@ -39,7 +40,7 @@ class Rule:
 
 def _levelled_items(out: Path) -> dict[tuple[str, str], tuple[int, dict[str, Record]]]:
     """One evaluation's items with auto, on and off records: (dir, item) -> (level, records by condition)."""
-    run = json.loads((out / RUN_FILE).read_text())
+    run = json.loads((out / RESULTS_FILE).read_text())["run"]  # the finished evaluation's settings
     suite = load_suite(run["suite"], seed=int(run.get("suite_seed") or 0))
     levels = {item.id: item.level for item in suite.items if item.level is not None}
     by_item: dict[str, dict[str, Record]] = {}

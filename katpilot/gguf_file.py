@@ -150,8 +150,9 @@ def content_digest(path: Path) -> str:
     """A cheap identity of a model file's contents: its size and 16 blocks of 64 KiB spread over it.
 
     Why: a journal keyed on a path alone would resume into a model re-exported to the same path
-    (another model's answers mixed into one report); hashing a multi-GB file whole costs seconds,
-    and any two exports of different weights differ in the sampled tensor data."""
+    (another model's answers mixed into one report), and hashing a multi-GB file whole costs seconds.
+    It catches a different model, a different quantization or a retrained export; a change confined
+    to a few tensors of an otherwise equal file (a LoRA on a few modules) can fall between the samples."""
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as f:

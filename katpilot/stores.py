@@ -306,11 +306,13 @@ def _from_cache(cached: object, stamp: list[int]) -> ModelHeader | str | None:
         header = ModelHeader(**fields) if isinstance(fields, dict) else None
     except TypeError:
         return None
-    types_ok = header is not None and all(
-        isinstance(getattr(header, name), kind)
-        for name, kind in (("architecture", str), ("quantization", str), ("parameters", int), ("profile", str))
-    )
-    return header if types_ok else None
+    if header is None:
+        return None
+    texts = (header.architecture, header.quantization, header.profile)
+    numbers = (header.parameters, header.file_size, 0 if header.context_length is None else header.context_length)
+    if all(isinstance(t, str) for t in texts) and all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return header
+    return None
 
 
 def read_header(path: Path) -> ModelHeader | str:

@@ -187,9 +187,9 @@ def test_sse_choices_reads_completion_chunks() -> None:
         (b"", "does not look OpenAI-compatible: POST /v1/completions returned no event stream"),
         (b"data: {not json\n\n", "a streamed event is not JSON"),
         (b'data: {"id": 1}\n\n', "not a completion chunk"),
-        (b'data: {"choices": "x"}\n\n', "choice has no text string"),
-        (b'data: {"choices": [{"text": 5}]}\n\n', "choice has no text string"),
-        (b'data: {"choices": [{"text": "4", "finish_reason": ["stop"]}]}\n\n', "choice has no text string"),
+        (b'data: {"choices": "x"}\n\n', "choice is not an object"),
+        (b'data: {"choices": [{"text": 5}]}\n\n', "text is not a string"),
+        (b'data: {"choices": [{"text": "4", "finish_reason": ["stop"]}]}\n\n', "finish_reason is not a string"),
     ],
 )
 def test_sse_choices_turns_a_broken_stream_into_one_error(body: bytes, message: str) -> None:

@@ -184,12 +184,22 @@ def test_a_rerun_may_add_items_but_not_swap_the_model_file_or_take_over_a_folder
     (tmp_path / "q8.gguf").replace(model)  # another model at the same path, under the same name
     with pytest.raises(KatpilotError, match="holds a run with another model file's answers"):
         run_eval(settings(model=str(model), **quiet), options)
+    older = json.loads((out / "run.json").read_text())
+    del older["journal_format"]  # a run of a katpilot before content digests
+    (out / "run.json").write_text(json.dumps(older))
+    with pytest.raises(KatpilotError, match="holds a run with records of an older katpilot"):
+        run_eval(settings(model=str(model), **quiet), options)
     notes = tmp_path / "notes"
     notes.mkdir()
+    (notes / ".DS_Store").write_bytes(b"")  # hidden files are nobody's work: an empty folder still
     (notes / "report.md").write_text("mine\n")
     with pytest.raises(KatpilotError, match="holds files and no katpilot evaluation"):
         run_eval(settings(model=str(model), **quiet), EvalOptions("arithmetic", ("off",), limit=1, out=notes))
-    assert sorted(p.name for p in notes.iterdir()) == ["report.md"] and (notes / "report.md").read_text() == "mine\n"
+    assert sorted(p.name for p in notes.iterdir()) == [".DS_Store", "report.md"]
+    assert (notes / "report.md").read_text() == "mine\n"
+    (notes / "report.md").unlink()
+    run_eval(settings(model=str(model), **quiet), EvalOptions("arithmetic", ("off",), limit=1, out=notes))
+    assert (notes / "run.json").is_file()
 
 
 def test_humaneval_file_end_to_end_right_and_wrong_answers(tmp_path: Path) -> None:

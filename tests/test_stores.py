@@ -186,6 +186,8 @@ def test_a_corrupt_header_cache_is_rebuilt_not_a_crash(katpilot_home: Path, mode
         {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "extra": 1}}}},
         {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "parameters": "x"}}}},
         {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": ["a list"]}}},
+        {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "file_size": "big"}}}},
+        {"version": 1, "entries": {key: {"stamp": entry["stamp"], "header": {**entry["header"], "parameters": True}}}},
     ]
     for broken in broken_ways:
         cache.write_text(json.dumps(broken))

@@ -394,6 +394,17 @@ def test_parallel_workers_intent_records_and_a_critic_without_ground_truth(tmp_p
     assert judged and all(r["verifier"] == "critic" and r["critic"] for r in judged)
 
 
+def test_a_worker_is_a_teacher_and_critic_pair_when_the_critic_has_fewer_engines() -> None:
+    """A remote teacher with --jobs 4 and a local critic capped at 2 threads: two workers, not an IndexError."""
+    from trainer.data.command import _workers
+
+    teachers = [_ThinkingHelps("yes") for _ in range(4)]
+    critics = [_ThinkingHelps("yes") for _ in range(2)]
+    run = DataRun(out=Path("unused"), kinds=("prompt",), jobs=4, critic="another-model")
+    workers = _workers(_settings(), run, teachers, critics, None)
+    assert [w.critic is not None for w in workers] == [True, True]
+
+
 def test_out_must_be_new_or_a_dataset(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("my project\n")
     with pytest.raises(KatpilotError, match="not a dataset katpilot made"):

@@ -21,7 +21,7 @@ from typing import Any
 from katpilot import gate
 from katpilot.errors import KatpilotError
 from katpilot.gguf_file import FIM_TRIPLES
-from quant.checkpoint import load_json, quiet_about_mtp_heads
+from quant.checkpoint import quiet_about_mtp_heads
 
 # A fixed order, so two runs give the tags the same ids.
 AUTOTHINK_TAGS = (
@@ -137,13 +137,16 @@ def _note_template(tokenizer: Any) -> None:
 def _check_adapter_base(adapter: Path) -> None:
     """An adapter trained on a GGUF names the GGUF's folder as its base, which transformers cannot load
     alone: say so, and how to hand the next stage a model, before peft fails on it."""
-    named = str(load_json(adapter / "adapter_config.json").get("base_model_name_or_path") or "")
-    base = Path(named).expanduser()
-    if named and not base.is_absolute() and not base.exists():
-        base = adapter / named
-    if named and base.is_dir() and not (base / "config.json").is_file():
+    from quant.errors import QuantError
+    from quant.lora import adapter_base
+
+    try:
+        base = adapter_base(adapter)
+    except QuantError:
+        return  # a hub name or nothing local: peft says what it cannot find
+    if not (base / "config.json").is_file():
         raise KatpilotError(
-            f"the LoRA adapter {adapter} names {named} as its base, which holds no Hugging Face checkpoint "
+            f"the LoRA adapter {adapter} names {base} as its base, which holds no Hugging Face checkpoint "
             "(the run trained on a GGUF)",
             "train with merge = true and give its final/merged, or train with method = full",
         )

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from katpilot.errors import KatpilotError
+from katpilot.eval.records import foreign_entries
 
 STAGES = ("data", "distill", "drill", "sft", "rl", "quant", "eval")
 TRAINING = ("distill", "drill", "sft", "rl")
@@ -270,9 +271,7 @@ RUN_ENTRIES = frozenset({*STAGES, DRILL_DATA, REPORT_FILE})  # all a recipe writ
 def _check_root(root: Path) -> None:
     """Refuse a directory holding anything a recipe does not write there: its stages would replace
     (eval/) or mix with what is there, and its report.md would be replaced."""
-    if not root.is_dir():
-        return
-    strangers = sorted(p.name for p in root.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    strangers = foreign_entries(root, RUN_ENTRIES)
     if strangers:
         raise KatpilotError(
             f"{root} holds files that are not a recipe's run ({', '.join(strangers[:3])})",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from katpilot.errors import KatpilotError
+from katpilot.eval.records import foreign_entries
 
 QUANT_KEYS = {"type", "imatrix", "calibration"}
 EVAL_KEYS = {"suite", "limit", "modes", "baseline", "seed", "max_tokens", "temperature", "jobs"}
@@ -144,7 +145,7 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
     Greedy unless the table says otherwise, as `katpilot eval` is. A stamp of the table, the GGUF
     (size and modification time) and the baseline decides between resuming and starting afresh: a
     new export or a changed setting makes the old records stale, and OUT is the recipe's own."""
-    from katpilot.eval.command import EvalOptions, parse_modes, run_eval
+    from katpilot.eval.command import JOURNAL_FORMAT, EvalOptions, parse_modes, run_eval
 
     suite = str(table.get("suite", "arithmetic"))
     modes = parse_modes(str(table.get("modes", "auto,on,off")))
@@ -157,9 +158,11 @@ def eval_stage(table: dict[str, Any], gguf: Path, out: Path, name: str, spec: st
     settings = dataclasses.replace(settings, **changes)
     stat = gguf.stat()
     measured = {k: v for k, v in table.items() if k != "jobs"}  # how many at once changes no figure
-    stamp = {"table": measured, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
+    # the journal's format too: a stale eval/ of an older katpilot is the recipe's own, redone rather than refused
+    stamp: dict[str, Any] = {"table": measured, "model": [str(gguf), stat.st_size, stat.st_mtime], "baseline": spec}
+    stamp["journal"] = JOURNAL_FORMAT
     stamp_path = out / STAMP_FILE
-    if not stamp_path.is_file() and out.is_dir() and any(out.iterdir()):
+    if not stamp_path.is_file() and foreign_entries(out):
         raise KatpilotError(  # only the recipe's own evaluations are replaced
             f"{out} holds files and no recipe evaluation", "give [run] out (or --out) a new or empty directory"
         )

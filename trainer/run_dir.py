@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from katpilot.errors import KatpilotError
-from katpilot.eval.records import make_output_dir, write_atomic
+from katpilot.eval.records import foreign_entries, make_output_dir, write_atomic
 from trainer.config import Resolved, to_toml
 
 CONFIG_FILE = "config.toml"
@@ -70,12 +70,12 @@ def _existing_settings(out: Path, table: str) -> dict[str, Any] | None:
     """The [table] settings of the run in `out`; None for a new or empty directory."""
     import tomllib
 
-    if not out.is_dir() or not any(out.iterdir()):
+    if not foreign_entries(out):
         return None
     try:
         section = tomllib.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get(table)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        section = None
+        section = None  # not a config.toml of ours: the directory is somebody else's
     if not isinstance(section, dict):
         raise KatpilotError(f"{out} holds files and no katpilot {table} run", "give --out a new or empty directory")
     return section

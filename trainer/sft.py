@@ -10,6 +10,7 @@ system prompt (`chat_data`), a loss that projects those answer tokens only
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import sys
@@ -173,14 +174,19 @@ def training_arguments(cfg: SFTConfig, out: Path) -> Any:
     )
 
 
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # why a save fails
+
+
 def train(trainer: Any, resumed: bool) -> Any:
     """trainer.train(), resuming from the run's last checkpoint; out of memory is one line with the fixes."""
     import torch
 
     try:
         return trainer.train(resume_from_checkpoint=True if resumed else None)
-    except OSError as exc:  # a checkpoint that cannot be written: a full disk, a read-only directory
-        raise KatpilotError(
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        raise KatpilotError(  # a checkpoint that cannot be written: a full disk, a read-only directory
             f"cannot write {exc.filename or trainer.args.output_dir} ({exc.strerror or exc})",
             "free disk space or make --out writable, then rerun: the run resumes from its last whole checkpoint",
         ) from None

@@ -68,8 +68,12 @@ def sse_choices(resp: Lines, url: str) -> Iterator[tuple[str, str | None]]:
             choice = event["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise not_openai(url, "a streamed event is not a completion chunk") from None
-        text, finish = (choice.get("text"), choice.get("finish_reason")) if isinstance(choice, dict) else (0, 0)
-        if not isinstance(text, str | None) or not isinstance(finish, str | None):
-            raise not_openai(url, "a streamed event's choice has no text string")
+        if not isinstance(choice, dict):
+            raise not_openai(url, "a streamed event's choice is not an object")
+        text, finish = choice.get("text"), choice.get("finish_reason")
+        if not isinstance(text, str | None):
+            raise not_openai(url, "a streamed event's text is not a string")
+        if not isinstance(finish, str | None):
+            raise not_openai(url, "a streamed event's finish_reason is not a string")
         saw_event = True
         yield text or "", finish

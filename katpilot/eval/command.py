@@ -20,7 +20,7 @@ from katpilot.config import Settings
 from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
 from katpilot.eval.items import EvalItem
-from katpilot.eval.records import RunJournal, write_atomic
+from katpilot.eval.records import FORMAT_KEY, RunJournal, write_atomic
 from katpilot.eval.results import EvalResults, build_results
 from katpilot.eval.runner import EvalRunner, conditions_for
 from katpilot.eval.suites import Suite, load_suite
@@ -29,6 +29,7 @@ from katpilot.models import load_engine, profile_for, remote_spec, sampling_para
 from katpilot.terms import THINK_MODES, ThinkMode
 
 RESULTS_FILE = "results.json"
+JOURNAL_FORMAT = 2  # 2: the model keyed on its contents, the suite on all its items (2026-12-07)
 REPORT_FILE = "report.md"
 MAX_SWEEP_POINTS = 101
 
@@ -142,10 +143,10 @@ def run_eval(
         engine = engines[0]
         profile = profile_for(engine, settings)
         fingerprint = {
+            FORMAT_KEY: JOURNAL_FORMAT,
             "suite": suite.name,
             # the whole suite's: another file or repository of the same name differs, a larger --limit does not
-            "suite_digest": items_digest(suite.items),
-            "suite_seed": options.seed,
+            "suite_digest": items_digest(suite.items),  # covers the seed where it changes the items
             "model": engine.info.name,
             "model_digest": model_digest(engine),  # a model re-exported to the same path is another model
             "profile": profile.name,
@@ -165,6 +166,7 @@ def run_eval(
         finally:
             journal.close()
     run = fingerprint | {
+        "suite_seed": options.seed,  # the fingerprint's "seed" is the sampling's
         "model_path": engine.info.path,
         "threshold": controls.threshold,
         "modes": list(options.modes),

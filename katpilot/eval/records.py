@@ -56,7 +56,7 @@ class RunJournal:
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
         self.out = out
-        if out.is_dir() and not (out / RUN_FILE).exists() and any(out.iterdir()):
+        if not (out / RUN_FILE).exists() and foreign_entries(out):
             raise KatpilotError(  # its report.md or results.json would be replaced
                 f"{out} holds files and no katpilot evaluation", "give --out a new or empty directory"
             )
@@ -106,6 +106,14 @@ class RunJournal:
 # -- the parts any append-only journal needs (eval's records, the data stage's dataset) -----------
 
 
+def foreign_entries(directory: Path, ours: frozenset[str] = frozenset()) -> list[str]:
+    """The names in `directory` that are neither `ours` nor hidden (.DS_Store, our own unfinished
+    writes): what an output directory holds of somebody else's, so a run must not take it over."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name not in ours and not p.name.startswith("."))
+
+
 def make_output_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +123,10 @@ def make_output_dir(out: Path) -> None:
         ) from None
 
 
+FORMAT_KEY = "journal_format"  # absent from the files of older katpilots, which kept other fields
 DIGESTS = {  # fingerprint fields whose values say nothing to a reader: what a difference there means
-    "suite_digest": "other items (another suite file or repository of that name, or an edited one)",
+    FORMAT_KEY: "records of an older katpilot, whose settings were kept differently",
+    "suite_digest": "other items (another --seed, another suite file or repository of that name, or an edited one)",
     "model_digest": "another model file's answers (the model at that path has changed)",
 }
 
@@ -133,6 +143,7 @@ def check_fingerprint(path: Path, fingerprint: dict[str, Any], out: Path) -> Non
                 f"{path} is not a run's settings (not a JSON object)", f"delete {out} or give another --out"
             )
         changed = [k for k in sorted(set(before) | set(fingerprint)) if before.get(k) != fingerprint.get(k)]
+        changed.sort(key=lambda k: (k != FORMAT_KEY, k in DIGESTS))  # the plain settings say more than digests
         if changed:
             name = changed[0]
             what = DIGESTS.get(name, f"another {name} ({before.get(name)!r}, now {fingerprint.get(name)!r})")
@@ -200,7 +211,7 @@ def _not_a_record(path: Path, number: int, exc: Exception, out: Path) -> Katpilo
 
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # hidden: a write cut off leaves nothing that looks like a user's
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)

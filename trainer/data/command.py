@@ -161,7 +161,9 @@ def _workers(
     if not teacher_engines:
         return [Workers(None, None, programmatic)]
     workers = []
-    for i, engine in enumerate(teacher_engines):
+    # a local critic may have fewer engines than a remote teacher (capped at the threads): one pair per worker
+    count = len(teacher_engines) if critic_engines is None else min(len(teacher_engines), len(critic_engines))
+    for i, engine in enumerate(teacher_engines[:count]):
         model = ModelTeacher(engine, settings, seed)
         critic = None
         if critic_engines is not None:

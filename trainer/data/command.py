@@ -19,7 +19,7 @@ from katpilot.config import Settings
 from katpilot.engine.base import Engine
 from katpilot.errors import KatpilotError
 from katpilot.eval.command import open_engines, progress_bar
-from katpilot.eval.records import write_atomic
+from katpilot.eval.records import foreign_entries, write_atomic
 from katpilot.models import profile_for, sampling_params
 from trainer.data.builder import RECORDS_FILE, STATE_DIR, DataJournal, DataOptions, DatasetBuilder, Workers
 from trainer.data.card import render_card
@@ -146,7 +146,7 @@ def _critic_engines(
 def _check_out(out: Path) -> None:
     """Refuse a directory that holds other things: the card would replace its README.md."""
     made_by_us = (out / STATE_DIR / "run.json").exists()
-    if out.exists() and not made_by_us and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not made_by_us and (not out.is_dir() or foreign_entries(out)):
         raise KatpilotError(f"{out} exists and is not a dataset katpilot made", "give --out a new or empty directory")
 
 

@@ -211,6 +211,8 @@ def test_an_out_holding_other_files_is_refused_and_a_run_with_no_result_may_star
     truncated.write_bytes(b"GGUF" + bytes(60))
     with pytest.raises(KatpilotError, match=r"cut\.gguf"):
         run_sft(resolve(None, "sft", flags | {"model": str(truncated)}), out)
+    with pytest.raises(KatpilotError, match="lora_targets 'no_such_layer' matches no layer"):
+        run_sft(resolve(None, "sft", flags | {"method": "lora", "lora_targets": "no_such_layer"}), out)
     assert run_sft(resolve(None, "sft", flags), out).steps == 1  # the right model: the same --out starts over
 
 

@@ -234,7 +234,13 @@ def with_lora(model: Any, cfg: SFTConfig, new_tokens: list[int]) -> Any:
         # peft reads `is_gradient_checkpointing`, which transformers 5 deprecates: a warning about the
         # libraries' own call that a user of `katpilot train` can do nothing about.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(model, config)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:  # peft's NoMatchingPeftModuleError: no module of the model has those names
+            raise KatpilotError(
+                f"lora_targets {cfg.lora_targets!r} matches no layer of the model ({str(exc).splitlines()[0][:120]})",
+                'use "all-linear", or names of its linear layers such as q_proj,v_proj',
+            ) from None
 
 
 def save_final(trainer: Any, model: Any, tokenizer: Any, cfg: SFTConfig, out: Path) -> Path:
